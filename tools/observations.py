@@ -1,0 +1,82 @@
+"""The one result contract every research tool returns, whatever provider is behind it.
+
+Observations go into graph state and checkpoints, so they hold only text, URLs and artifact
+hashes. Web text in them is untrusted data: it is shown to the LLM only inside delimited
+observation blocks (see `agent.prompts`), never as instructions.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+ToolName = Literal["search", "image_search", "browse", "knowledge_base"]
+
+
+class SearchHit(BaseModel):
+    title: str = ""
+    url: str = ""
+    snippet: str = ""
+
+
+class ImageHit(BaseModel):
+    img_id: str = Field(description="IMG_### id, stable within one run (see ImageRegistry).")
+    sha256: str = Field(description="Artifact-store hash of the downloaded, decoded image.")
+    url: str = Field(default="", description="Where the image itself was downloaded from.")
+    source_url: str = Field(default="", description="The page the image appears on.")
+    title: str = ""
+    width: int | None = None
+    height: int | None = None
+    score: float | None = Field(default=None, description="CLIP similarity to the query, if ranked.")
+    thumbnail_sha256: str | None = None
+
+
+class Passage(BaseModel):
+    text: str
+    source: str = Field(default="", description="URL or local path the passage came from.")
+    score: float | None = None
+
+
+ObservationItem = SearchHit | ImageHit | Passage
+
+
+class Observation(BaseModel):
+    tool: ToolName
+    query: str
+    ok: bool
+    items: list[SearchHit | ImageHit | Passage] = Field(default_factory=list)
+    error: str | None = None
+    cached: bool = False
+    elapsed_s: float = 0.0
+
+    @classmethod
+    def failure(cls, tool: ToolName, query: str, error: str, elapsed_s: float = 0.0) -> Observation:
+        return cls(tool=tool, query=query, ok=False, error=error, elapsed_s=elapsed_s)
+
+
+class ImageRegistry:
+    """Hands out IMG_### ids that stay stable within one run.
+
+    The same image (by sha256) found by two queries keeps its first id. The graph rebuilds the
+    registry from state on resume (`from_ids`) so numbering continues where it stopped.
+    """
+
+    def __init__(self) -> None:
+        self._by_sha: dict[str, str] = {}
+
+    @classmethod
+    def from_ids(cls, ids: dict[str, str]) -> ImageRegistry:
+        """`ids` maps IMG_### -> sha256, as kept in graph state."""
+        reg = cls()
+        for img_id, sha in sorted(ids.items()):
+            reg._by_sha[sha] = img_id
+        return reg
+
+    def assign(self, sha256: str) -> str:
+        if sha256 not in self._by_sha:
+            self._by_sha[sha256] = f"IMG_{len(self._by_sha) + 1:03d}"
+        return self._by_sha[sha256]
+
+    def ids(self) -> dict[str, str]:
+        return {img_id: sha for sha, img_id in self._by_sha.items()}
