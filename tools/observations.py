@@ -2,12 +2,12 @@
 
 Observations go into graph state and checkpoints, so they hold only text, URLs and artifact
 hashes. Web text in them is untrusted data: it is shown to the LLM only inside delimited
-observation blocks (see `agent.prompts`), never as instructions.
+observation blocks (see `tools.render`), never as instructions.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field
 
@@ -15,12 +15,14 @@ ToolName = Literal["search", "image_search", "browse", "knowledge_base"]
 
 
 class SearchHit(BaseModel):
+    kind: Literal["web"] = "web"
     title: str = ""
     url: str = ""
     snippet: str = ""
 
 
 class ImageHit(BaseModel):
+    kind: Literal["image"] = "image"
     img_id: str = Field(description="IMG_### id, stable within one run (see ImageRegistry).")
     sha256: str = Field(description="Artifact-store hash of the downloaded, decoded image.")
     url: str = Field(default="", description="Where the image itself was downloaded from.")
@@ -28,27 +30,37 @@ class ImageHit(BaseModel):
     title: str = ""
     width: int | None = None
     height: int | None = None
-    score: float | None = Field(default=None, description="CLIP similarity to the query, if ranked.")
+    score: float | None = Field(
+        default=None, description="CLIP similarity to the query, if ranked."
+    )
     thumbnail_sha256: str | None = None
 
 
 class Passage(BaseModel):
+    kind: Literal["passage"] = "passage"
     text: str
     source: str = Field(default="", description="URL or local path the passage came from.")
     score: float | None = None
 
 
-ObservationItem = SearchHit | ImageHit | Passage
+ObservationItem = Annotated[SearchHit | ImageHit | Passage, Field(discriminator="kind")]
 
 
 class Observation(BaseModel):
     tool: ToolName
     query: str
     ok: bool
-    items: list[SearchHit | ImageHit | Passage] = Field(default_factory=list)
+    items: list[ObservationItem] = Field(default_factory=list)
     error: str | None = None
-    cached: bool = False
+    cached: bool = Field(default=False, description="True when served from the tool cache.")
     elapsed_s: float = 0.0
+    provider: str | None = Field(
+        default=None, description="Which backend answered (ddgs, searxng, web, local)."
+    )
+    notes: list[str] = Field(
+        default_factory=list,
+        description="Non-fatal problems (skipped downloads, ranking unavailable), for the dossier.",
+    )
 
     @classmethod
     def failure(cls, tool: ToolName, query: str, error: str, elapsed_s: float = 0.0) -> Observation:

@@ -1,0 +1,88 @@
+"""Bad input: one clear line on stderr, a non-zero exit, never a traceback."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from agent.cli import app
+from tests.support.scripted_llm import ScriptedLLM
+
+
+def _invoke(args: list[str], env: dict[str, str]) -> tuple[int, str]:
+    result = CliRunner().invoke(app, args, env=env)
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    return result.exit_code, result.stderr
+
+
+@pytest.fixture
+def env(gw_env: dict[str, str], scripted_llm: ScriptedLLM) -> dict[str, str]:
+    return {
+        **gw_env,
+        "GROUNDWORK_LLM__BASE_URL": scripted_llm.base_url,
+        "GROUNDWORK_LLM__MODEL": "scripted-llm",
+    }
+
+
+def _one_line_error(code: int, stderr: str, needle: str) -> None:
+    assert code == 2, stderr
+    assert "Traceback" not in stderr
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert lines and lines[0].startswith("error:"), stderr
+    assert needle in stderr, stderr
+
+
+@pytest.mark.parametrize("prompt", ["", "   \n\t "])
+def test_empty_prompt(env: dict[str, str], prompt: str) -> None:
+    _one_line_error(*_invoke(["run", prompt], env), "prompt is empty")
+
+
+def test_prompt_over_the_documented_limit(env: dict[str, str]) -> None:
+    code, err = _invoke(["run", "x" * 2001], env)
+    _one_line_error(code, err, "limit is 2000")
+
+
+def test_unknown_generator_model(env: dict[str, str], tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-pipeline"
+    code, err = _invoke(["run", "a cat", "--model", str(missing)], env)
+    _one_line_error(code, err, "no-such-pipeline")
+
+
+def test_unknown_hub_model_offline(env: dict[str, str]) -> None:
+    code, err = _invoke(["run", "a cat", "--model", "nobody/no-such-model-xyz"], env)
+    _one_line_error(code, err, "nobody/no-such-model-xyz")
+
+
+def test_unknown_llm_model(env: dict[str, str]) -> None:
+    code, err = _invoke(["run", "a cat", "--llm-model", "gpt-99"], env)
+    _one_line_error(code, err, "unknown model gpt-99")
+
+
+def test_unreachable_endpoint(env: dict[str, str]) -> None:
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code, err = _invoke(["run", "a cat", "--llm-base-url", f"http://127.0.0.1:{port}/v1"], env)
+    _one_line_error(code, err, "cannot reach the LLM endpoint")
+
+
+def test_unwritable_output_folder(env: dict[str, str], tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    code, err = _invoke(["run", "a cat", "--out", str(blocker / "runs")], env)
+    _one_line_error(code, err, "cannot write the run folder")
+
+
+def test_invalid_setting_from_env(env: dict[str, str]) -> None:
+    code, err = _invoke(["run", "a cat"], {**env, "GROUNDWORK_GENERATOR__STEPS": "zero"})
+    _one_line_error(code, err, "generator.steps")
+
+
+def test_help_lists_the_commands() -> None:
+    result = CliRunner().invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in ("run", "chat"):
+        assert command in result.stdout
