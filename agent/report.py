@@ -61,9 +61,25 @@ def write_run(
         "notices": state.get("notices", []),
         **extra,
     }
+    refs = _copy_references(run_dir, state.get("image_ids") or {}, store)
+    record["reference_files"] = refs
     (run_dir / "run.json").write_text(json.dumps(record, indent=2, default=str))
-    (run_dir / "dossier.md").write_text(render_dossier(record, store))
+    (run_dir / "dossier.md").write_text(render_dossier(record, store, refs))
     return record
+
+
+def _copy_references(run_dir: Path, ids: dict[str, str], store: ArtifactStore) -> dict[str, str]:
+    """Copies researched images next to the dossier so it renders (and travels) on its own."""
+    copied: dict[str, str] = {}
+    for img_id, sha in sorted(ids.items()):
+        if not store.exists(sha):
+            continue
+        source = store.path(sha)
+        (run_dir / "refs").mkdir(exist_ok=True)
+        target = run_dir / "refs" / f"{img_id}{source.suffix}"
+        shutil.copyfile(source, target)
+        copied[img_id] = f"refs/{target.name}"
+    return copied
 
 
 def _write_image(run_dir: Path, state: RunState, store: ArtifactStore) -> bool:
@@ -81,7 +97,11 @@ def _write_image(run_dir: Path, state: RunState, store: ArtifactStore) -> bool:
     return True
 
 
-def render_dossier(record: dict[str, Any], store: ArtifactStore) -> str:
+def render_dossier(
+    record: dict[str, Any], store: ArtifactStore, refs: dict[str, str] | None = None
+) -> str:
+    """`refs` maps IMG_### ids to image paths relative to the run folder."""
+    refs = refs or {}
     out: list[str] = ["# Groundwork run", ""]
     out += [f"- **Request:** {record.get('request')}", f"- **Thread:** `{record['thread_id']}`"]
     out += [f"- **Status:** {record['status']}"]
@@ -136,10 +156,11 @@ def render_dossier(record: dict[str, Any], store: ArtifactStore) -> str:
         out.append("None.")
     for img_id, hit in sorted(images.items()):
         mark = f" **used**: {chosen[img_id]}" if img_id in chosen else ""
-        local = store.path(hit.sha256).as_uri() if store.exists(hit.sha256) else "(not stored)"
+        local = refs.get(img_id)
+        thumb = f" ![{img_id}]({local})" if local else " (not stored)"
         out.append(
             f"- `{img_id}` [{hit.title or hit.url}]({hit.source_url or hit.url}) — "
-            f"{hit.width}x{hit.height}, {local}{mark}"
+            f"{hit.width}x{hit.height}{mark}{thumb}"
         )
     out.append("")
 

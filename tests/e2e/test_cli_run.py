@@ -130,6 +130,9 @@ def test_run_writes_image_dossier_and_run_json_with_one_edit_round(
     assert "Zephyr X1 drone design" in dossier  # its query
     assert f"{web.url}/zephyr-x1" in dossier  # the source URL
     assert "IMG_001" in dossier and "**used**" in dossier
+    assert "![IMG_001](refs/IMG_001.png)" in dossier
+    with Image.open(run_dir / "refs" / "IMG_001.png") as ref:
+        assert ref.size == (48, 48)
     assert "matte orange foldable quadcopter" in dossier  # the grounded prompt
     assert "### Round 1 — edit" in dossier and "### Round 2 — finish" in dossier
     assert "add four visible rotors" in dossier

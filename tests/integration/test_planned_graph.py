@@ -1,0 +1,198 @@
+"""The planned graph in-process: routing, loop bounds, budgets, failures that must not end a
+run, chat refinement on one thread, and per-run context overrides. Real HTTP to the scripted
+LLM server and the loopback web server, the tiny diffusers pipeline, an in-memory checkpointer."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from langgraph.checkpoint.memory import InMemorySaver
+
+from agent.services import Services
+from agent.settings import RunContext, Settings
+from graphs import build_graph
+from tests.support.scripted_llm import ScriptedLLM
+from tests.support.web import FakeDDGS, WebServer, install_fake_ddgs, png_bytes
+
+pytestmark = pytest.mark.slow
+
+GAP = {
+    "kind": "entity",
+    "span": "Zephyr X1 drone",
+    "why": "new product",
+    "text_queries": ["zephyr specs", "zephyr colours"],
+    "image_queries": ["zephyr photo"],
+    "needs_reference": True,
+}
+
+
+@pytest.fixture
+def settings(tmp_path: Path, tiny_pipeline: Path, scripted_llm: ScriptedLLM) -> Settings:
+    return Settings.model_validate(
+        {
+            "llm": {"base_url": scripted_llm.base_url, "model": "scripted-llm"},
+            "generator": {"model": str(tiny_pipeline), "width": 64, "height": 64, "steps": 2},
+            "artifacts": {"root": str(tmp_path / "artifacts")},
+            "tools": {"allow_hosts": ["127.0.0.1"], "cache_enabled": False, "timeout_s": 10},
+            "retrieval": {"kb_dir": str(tmp_path / "no-kb")},
+        }
+    )
+
+
+@pytest.fixture
+def fake_web(monkeypatch: pytest.MonkeyPatch, web: WebServer) -> WebServer:
+    img = web.add("/z.png", "image/png", png_bytes((200, 100, 0), seed=3))
+    monkeypatch.setattr(
+        FakeDDGS,
+        "script",
+        {
+            "text": {"zephyr specs": [{"title": "Z", "href": web.url + "/z", "body": "orange"}]},
+            "images": {"zephyr photo": [{"title": "Z photo", "image": img, "url": web.url}]},
+        },
+    )
+    install_fake_ddgs()
+    return web
+
+
+@pytest.fixture
+async def services(settings: Settings) -> AsyncIterator[Services]:
+    s = Services(settings)
+    yield s
+    await s.aclose()
+
+
+async def _run(
+    services: Services, request: str, thread: str = "t", context: RunContext | None = None
+) -> dict[str, Any]:
+    graph = build_graph(services.settings, checkpointer=_SAVER, services=services)
+    config: Any = {"configurable": {"thread_id": thread}}
+    return dict(await graph.ainvoke({"request": request}, config, context=context))
+
+
+_SAVER = InMemorySaver()
+
+
+def _stages(state: dict[str, Any], turn: int | None = None) -> list[str]:
+    return [s["stage"] for s in state["stages"] if turn is None or s["turn"] == turn]
+
+
+async def test_no_gaps_skips_research_and_synthesis_llm(
+    services: Services, scripted_llm: ScriptedLLM
+) -> None:
+    scripted_llm.add("GapReport", {"gaps": []})
+    state = await _run(services, "a red apple on a table", thread="nogaps")
+    assert _stages(state) == ["intake", "analyze", "synthesize", "generate", "critique", "finish"]
+    assert state["grounded"]["gen_prompt"] == "a red apple on a table"
+    assert scripted_llm.calls("GroundedPrompt") == []
+
+
+async def test_critique_loop_is_bounded_by_max_rounds(
+    settings: Settings, scripted_llm: ScriptedLLM, fake_web: WebServer
+) -> None:
+    bounded = settings.merged(
+        {"llm": {"critique_model": "scripted-vlm"}, "agent": {"max_rounds": 2}}
+    )
+    scripted_llm.add("GapReport", {"gaps": [GAP]})
+    scripted_llm.add("GroundedPrompt", {"gen_prompt": "an orange drone"})
+    never = {"match": False, "score": 0.1, "issues": ["wrong"], "edit_instruction": "fix it"}
+    scripted_llm.add("Verdict", never, never, never, never)
+    services = Services(bounded)
+    try:
+        state = await _run(services, "a Zephyr X1 drone", thread="bounded")
+    finally:
+        await services.aclose()
+    assert [r["action"] for r in state["rounds"]] == ["edit", "finish"]
+    assert len(scripted_llm.calls("Verdict")) == 2
+    assert any("critique rounds used up (2)" in n for n in state["notices"])
+
+
+async def test_tool_budget_caps_research_and_says_what_was_skipped(
+    settings: Settings, scripted_llm: ScriptedLLM, fake_web: WebServer
+) -> None:
+    scripted_llm.add("GapReport", {"gaps": [GAP]})
+    scripted_llm.add("GroundedPrompt", {"gen_prompt": "an orange drone"})
+    services = Services(settings.merged({"agent": {"max_tool_calls": 2}}))
+    try:
+        state = await _run(services, "a Zephyr X1 drone", thread="budget")
+    finally:
+        await services.aclose()
+    assert state["tool_calls"] == 2
+    assert len(state["observations"]) == 2
+    assert any("skipped 1: image_search 'zephyr photo'" in n for n in state["notices"])
+
+
+async def test_failing_tools_do_not_end_the_run(
+    services: Services, scripted_llm: ScriptedLLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ddgs
+    from ddgs.exceptions import DDGSException
+
+    class BrokenDDGS(FakeDDGS):
+        def text(self, query: str, *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+            raise DDGSException("provider exploded")
+
+        def images(self, query: str, *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+            raise DDGSException("provider exploded")
+
+    monkeypatch.setattr(ddgs, "DDGS", BrokenDDGS)
+    scripted_llm.add("GapReport", {"gaps": [GAP]})
+    scripted_llm.add("GroundedPrompt", {"gen_prompt": "an orange drone"})
+    state = await _run(services, "a Zephyr X1 drone", thread="broken")
+    assert state["observations"] and all(not o["ok"] for o in state["observations"])
+    assert all(o["error"] for o in state["observations"])
+    assert state["image"] is not None  # the run went on and made an image
+
+
+async def test_invented_reference_ids_are_dropped_with_a_notice(
+    services: Services, scripted_llm: ScriptedLLM, fake_web: WebServer
+) -> None:
+    scripted_llm.add("GapReport", {"gaps": [GAP]})
+    scripted_llm.add(
+        "GroundedPrompt",
+        {
+            "gen_prompt": "an orange drone",
+            "reference_images": [{"img_id": "IMG_001"}, {"img_id": "IMG_042"}],
+        },
+    )
+    state = await _run(services, "a Zephyr X1 drone", thread="refs")
+    assert [r["img_id"] for r in state["grounded"]["reference_images"]] == ["IMG_001"]
+    assert any("IMG_042" in n for n in state["notices"])
+
+
+async def test_chat_refines_the_last_image_on_the_same_thread(
+    services: Services, scripted_llm: ScriptedLLM
+) -> None:
+    scripted_llm.add("GapReport", {"gaps": []}, {"gaps": []})
+    first = await _run(services, "a lighthouse on a cliff", thread="chat")
+    first_sha = first["image"]["image"]["sha256"]
+
+    scripted_llm.add("Intent", {"kind": "refine", "instruction": "make it night"})
+    scripted_llm.add("GroundedPrompt", {"gen_prompt": "a lighthouse on a cliff at night"})
+    second = await _run(services, "make it night", thread="chat")
+    assert second["turn"] == 2 and second["intent"] == "refine"
+    assert _stages(second, turn=2) == ["intake", "refine", "generate", "critique", "finish"]
+    assert second["image"]["mode"] == "img2img"
+    assert second["image"]["image"]["sha256"] != first_sha
+    assert "make it night" in scripted_llm.calls("GroundedPrompt")[0]["messages"][-1]["content"]
+
+    scripted_llm.add("Intent", {"kind": "new"})
+    third = await _run(services, "a red bicycle", thread="chat")
+    assert third["intent"] == "new" and third["prompt"] == "a red bicycle"
+    assert _stages(third, turn=3)[:2] == ["intake", "analyze"]
+    assert third["image"]["mode"] == "text2img"
+
+
+async def test_run_context_overrides_settings_for_one_run(
+    services: Services, scripted_llm: ScriptedLLM
+) -> None:
+    scripted_llm.add("GapReport", {"gaps": []})
+    state = await _run(
+        services, "a red apple", thread="ctx", context=RunContext(width=96, height=64, seed=9)
+    )
+    image = state["image"]
+    assert (image["image"]["width"], image["image"]["height"]) == (96, 64)
+    assert image["seed"] == 9
+    assert services.settings.generator.width == 64  # the process settings are untouched
