@@ -26,6 +26,8 @@ from agent.services import Services
 from agent.settings import Settings
 from agent.state import RunState
 from generators.base import GeneratorError
+from generators.worker_cli import worker
+from retrieval.cli import kb_app
 
 app = typer.Typer(
     name="groundwork",
@@ -401,18 +403,12 @@ async def _chat_loop(settings: Settings, thread_id: str, *, resume: bool) -> Non
         await services.aclose()
 
 
-def _register_subcommands() -> None:
-    return  # TEMP until helpers land
-    """Sub-command groups owned by their packages; each imports its heavy parts lazily."""
-    from generators.worker_cli import worker
-    from retrieval.cli import kb_app
-
-    app.command(name="worker")(worker)
-    app.add_typer(kb_app, name="kb")
+# Sub-command groups owned by their packages; each imports its heavy parts lazily.
+app.command(name="worker")(worker)
+app.add_typer(kb_app, name="kb")
 
 
 def main() -> None:
-    _register_subcommands()
     app()
 
 

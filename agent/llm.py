@@ -55,10 +55,24 @@ def make_chat_model(
     )
 
 
+# llama.cpp's JSON-schema-to-grammar converter fails on these ("failed to parse grammar") and
+# llama-cpp-python 0.3.36's server then segfaults. pydantic still enforces them on the answer.
+_GRAMMAR_UNSAFE = frozenset({"pattern", "maxLength", "minLength", "format"})
+
+
+def grammar_safe_schema(node: Any) -> Any:
+    """The schema without string constraints that break llama.cpp grammars (lists stay bounded)."""
+    if isinstance(node, dict):
+        return {k: grammar_safe_schema(v) for k, v in node.items() if k not in _GRAMMAR_UNSAFE}
+    if isinstance(node, list):
+        return [grammar_safe_schema(v) for v in node]
+    return node
+
+
 def _response_format(schema: type[BaseModel], method: Method) -> dict[str, Any]:
     json_schema = schema.model_json_schema()
     if method == "json_object":
-        return {"type": "json_object", "schema": json_schema}
+        return {"type": "json_object", "schema": grammar_safe_schema(json_schema)}
     return {
         "type": "json_schema",
         "json_schema": {"name": schema.__name__, "schema": json_schema, "strict": False},

@@ -28,6 +28,8 @@ then
   TINY=.groundwork/tiny-sd
   [ -f "$TINY/model_index.json" ] || "$PY" -m generators.tiny "$TINY"
   export GROUNDWORK_GENERATOR__MODEL="$PWD/$TINY"
+  export GROUNDWORK_GENERATOR__WIDTH="${GROUNDWORK_GENERATOR__WIDTH:-256}"
+  export GROUNDWORK_GENERATOR__HEIGHT="${GROUNDWORK_GENERATOR__HEIGHT:-256}"
   echo "[demo] using a tiny random-init pipeline ($TINY): the image will be noise."
   echo "[demo] for real images set GROUNDWORK_GENERATOR__MODEL to a diffusers model id or folder."
 fi

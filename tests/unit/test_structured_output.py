@@ -3,11 +3,20 @@ repair, and each request method the servers in the wild need."""
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import pytest
 from langchain_core.messages import HumanMessage
 
-from agent.llm import LLMError, StructuredOutputError, make_chat_model, structured_call
-from agent.models import GapReport
+from agent.llm import (
+    LLMError,
+    StructuredOutputError,
+    grammar_safe_schema,
+    make_chat_model,
+    structured_call,
+)
+from agent.models import GapReport, GroundedPrompt, Intent, Verdict
 from tests.support.scripted_llm import ScriptedLLM
 
 GOOD = {"gaps": [{"kind": "entity", "span": "Zephyr X1", "text_queries": ["Zephyr X1 drone"]}]}
@@ -69,3 +78,13 @@ async def test_server_error_is_an_llm_error_not_a_retry_loop(scripted_llm: Scrip
         await structured_call(
             _chat(scripted_llm), GapReport, [HumanMessage("p")], method="json_schema", max_repairs=2
         )
+
+
+@pytest.mark.parametrize("model", [GapReport, GroundedPrompt, Verdict, Intent])
+def test_llama_cpp_grammar_crash_regression_json_object_schema_is_grammar_safe(model: Any) -> None:
+    """llama-cpp-python 0.3.36 fails to build a grammar from `pattern`/`maxLength` and its server
+    segfaults; json_object requests must not send them (pydantic still enforces them)."""
+    sent = json.dumps(grammar_safe_schema(model.model_json_schema()))
+    for key in ('"pattern"', '"maxLength"', '"minLength"', '"format"'):
+        assert key not in sent
+    assert '"maxItems"' in sent or model in (Verdict, Intent)  # lists stay bounded
