@@ -25,7 +25,7 @@ from agent.services import Services
 from agent.settings import RunContext, Settings
 from agent.state import CritiqueRound, RunState, StageEvent
 from generators.base import GenerationRequest, GenerationResult, GeneratorError
-from tools.observations import ImageHit, ImageRegistry, Observation
+from tools.observations import ImageHit, ImageRegistry, Observation, SearchHit
 from tools.render import render_observations
 
 if TYPE_CHECKING:
@@ -199,6 +199,12 @@ class PlannedNodes:
                 return obs
 
         observations = list(await asyncio.gather(*(run_one(*c) for c in calls)))
+        # Snippets are thin; read the top pages of each gap's searches for real facts. This
+        # needs the search results, so it is a second concurrent wave within the same budget.
+        browses = _browse_calls(toolkit, report, observations, settings.agent.browse_per_gap)
+        room = max(budget - len(calls), 0)
+        skipped += browses[room:]
+        observations += await asyncio.gather(*(run_one(*c) for c in browses[:room]))
         notices = []
         if skipped:
             notices.append(
@@ -443,6 +449,33 @@ async def _search_one(toolkit: Toolkit, query: str) -> Observation:
     """One query per call, so each counts once against the tool budget."""
     results = await toolkit.search([query])
     return results[0] if results else Observation.failure("search", query, "no result")
+
+
+def _browse_calls(
+    toolkit: Toolkit, report: GapReport, observations: list[Observation], per_gap: int
+) -> list[tuple[str, str, Callable[[], Awaitable[Observation]]]]:
+    """The first `per_gap` result pages of each gap's text searches, each page read once."""
+    by_query = {o.query: o for o in observations if o.tool == "search" and o.ok}
+    seen: set[str] = set()
+    calls: list[tuple[str, str, Callable[[], Awaitable[Observation]]]] = []
+    for gap in report.gaps:
+        picked = 0
+        hits = [
+            item
+            for q in gap.text_queries
+            if q in by_query
+            for item in by_query[q].items
+            if isinstance(item, SearchHit) and item.url
+        ]
+        for hit in hits:
+            if picked >= per_gap:
+                break
+            if hit.url in seen:
+                continue
+            seen.add(hit.url)
+            picked += 1
+            calls.append(("browse", gap.span, partial(toolkit.browse, hit.url, gap.span)))
+    return calls
 
 
 def _image_lines(observations: list[Observation]) -> list[str]:

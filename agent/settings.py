@@ -87,6 +87,12 @@ class AgentSettings(BaseModel):
         default=12, ge=0, le=200, description="Tool calls per run (the research budget)."
     )
     research_concurrency: int = Field(default=6, ge=1, le=64, description="Parallel tool calls.")
+    browse_per_gap: int = Field(
+        default=1,
+        ge=0,
+        le=5,
+        description="Top search results per gap whose pages are read for facts (0: snippets only).",
+    )
     max_references: int = Field(default=5, ge=0, le=5, description="Reference images kept.")
     observation_chars: int = Field(
         default=6000, ge=500, description="Budget of web text shown to the LLM per call."

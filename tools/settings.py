@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, Field
@@ -23,5 +24,64 @@ class ToolSettings(BaseModel):
     allow_hosts: list[str] = Field(
         default_factory=list,
         description="Hosts/CIDRs that may be fetched even though private or loopback "
-        "(tests, intranets). Empty = public internet only.",
+        "(tests, intranets). Entries: 'host', 'host:port', '[v6]:port', 'CIDR' or "
+        "'CIDR:port' (e.g. '127.0.0.1:8080', '10.0.0.0/8'). Empty = public internet only. "
+        "Cloud-metadata addresses stay refused unless named exactly.",
+    )
+    # --- safe fetching -------------------------------------------------------------------
+    connect_timeout_s: float = Field(default=5.0, gt=0, description="TCP/TLS connect timeout.")
+    read_timeout_s: float = Field(
+        default=10.0, gt=0, description="Longest wait for the next bytes of a response."
+    )
+    fetch_timeout_s: float = Field(
+        default=15.0,
+        gt=0,
+        description="Total wall-clock cap for one download, redirects and body included "
+        "(stops slow-drip servers that keep each read under read_timeout_s).",
+    )
+    max_redirects: int = Field(default=5, ge=0, le=20, description="Redirect hops per fetch.")
+    max_page_bytes: int = Field(default=3_000_000, gt=0, description="Per-page byte cap (browse).")
+    per_host_concurrency: int = Field(
+        default=4, ge=1, le=64, description="Simultaneous downloads from one host."
+    )
+    download_concurrency: int = Field(
+        default=16, ge=1, le=256, description="Simultaneous downloads in total."
+    )
+    user_agent: str = Field(
+        default="Mozilla/5.0 (compatible; Groundwork/0.1; +research-tools)",
+        description="User-Agent sent with every download.",
+    )
+    # --- providers -------------------------------------------------------------------------
+    retry_attempts: int = Field(
+        default=3, ge=1, le=10, description="Tries per provider call (first try included)."
+    )
+    retry_base_s: float = Field(
+        default=0.5, ge=0, description="Backoff base; sleeps are uniform(0, base*2**n) (jitter)."
+    )
+    retry_max_s: float = Field(default=4.0, ge=0, description="Cap on one backoff sleep.")
+    region: str = Field(default="us-en", description="Search region passed to the provider.")
+    safesearch: Literal["on", "moderate", "off"] = Field(default="moderate")
+    # --- images ------------------------------------------------------------------------------
+    image_candidates_factor: int = Field(
+        default=3,
+        ge=1,
+        le=10,
+        description="Image results requested per kept image (downloads fail, duplicates collapse).",
+    )
+    phash_max_distance: int = Field(
+        default=6, ge=0, le=64, description="Hamming distance (of 64-bit dHashes) = duplicate."
+    )
+    thumbnail_px: int = Field(default=256, ge=16, le=2048, description="Thumbnail longest side.")
+    # --- browse ----------------------------------------------------------------------------
+    passage_chars: int = Field(
+        default=700, ge=100, le=5000, description="Target size of one browse passage."
+    )
+    # --- caching ---------------------------------------------------------------------------
+    cache_enabled: bool = Field(default=True, description="Cache tool results.")
+    cache_dir: Path = Field(
+        default=Path(".groundwork/cache/tools"), description="Disk cache folder (no Redis)."
+    )
+    cache_ttl_s: int = Field(default=86_400, ge=1, description="Cached results expire after this.")
+    cache_redis_url: str | None = Field(
+        default=None, description="redis://... to cache in Redis (shared by processes)."
     )

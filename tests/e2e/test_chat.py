@@ -41,7 +41,8 @@ def test_chat_new_then_refine_then_continue_thread(
     scripted_llm.add("GapReport", {"gaps": []})
     scripted_llm.add("Intent", {"kind": "refine", "instruction": "make it night"})
     scripted_llm.add("GroundedPrompt", {"gen_prompt": "a lighthouse on a cliff at night"})
-    out = _chat(["--thread", "c1"], "a lighthouse on a cliff\nmake it night\n/quit\n", env, tmp_path)
+    script = "a lighthouse on a cliff\nmake it night\n/quit\n"
+    out = _chat(["--thread", "c1"], script, env, tmp_path)
     assert out.count("run folder:") == 2
     records = sorted(
         (json.loads(p.read_text()) for p in (tmp_path / "runs").glob("*/run.json")),
@@ -56,5 +57,6 @@ def test_chat_new_then_refine_then_continue_thread(
     scripted_llm.add("GapReport", {"gaps": []})
     out = _chat(["--thread", "c1"], "a red bicycle\n", env, tmp_path)  # EOF ends the chat
     assert "current image prompt: a lighthouse on a cliff; make it night" in out
-    turns = sorted(json.loads(p.read_text())["turn"] for p in (tmp_path / "runs").glob("*/run.json"))
+    run_files = (tmp_path / "runs").glob("*/run.json")
+    turns = sorted(json.loads(p.read_text())["turn"] for p in run_files)
     assert turns == [1, 2, 3]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 
 import pytest
 from langgraph.runtime import Runtime
@@ -10,7 +11,7 @@ from langgraph.runtime import Runtime
 from agent.models import GapReport
 from agent.nodes import PlannedNodes
 from agent.services import Services
-from agent.settings import Settings
+from agent.settings import RunContext, Settings
 
 pytestmark = [
     pytest.mark.slow,
@@ -23,7 +24,7 @@ pytestmark = [
 ]
 
 
-async def test_embedded_smollm2_returns_a_schema_valid_gap_report(tmp_path) -> None:  # type: ignore[no-untyped-def]
+async def test_embedded_smollm2_returns_a_schema_valid_gap_report(tmp_path: Path) -> None:
     settings = Settings.model_validate(
         {
             "llm": {"base_url": None, "max_tokens": 400},
@@ -34,16 +35,18 @@ async def test_embedded_smollm2_returns_a_schema_valid_gap_report(tmp_path) -> N
     try:
         command = await PlannedNodes(services).analyze(
             {"prompt": "the 2026 Zephyr X1 drone flying over the Eiffel Tower", "turn": 1},
-            Runtime(context=None, store=None, stream_writer=lambda _: None),
+            Runtime(context=RunContext(), store=None, stream_writer=lambda _: None),
         )
         assert services._embedded is not None  # the server really started
         base_url = services._embedded.base_url
     finally:
         await services.aclose()
-    report = GapReport.model_validate(command.update["gaps"])
+    update = command.update
+    assert isinstance(update, dict)
+    report = GapReport.model_validate(update["gaps"])
     assert command.goto in ("research", "synthesize")
     assert len(report.gaps) <= settings.agent.max_gaps
-    assert command.update["stages"][0]["stage"] == "analyze"
+    assert update["stages"][0]["stage"] == "analyze"
     # and it was stopped on close
     import httpx
 

@@ -29,6 +29,15 @@ GAP = {
 }
 
 
+ARTICLE = """<html><head><title>Zephyr X1 review</title></head><body>
+<nav>Home | Reviews | Shop</nav>
+<article><h1>Zephyr X1 review</h1>
+<p>Our team flew it for a week over the coast and through two storms.</p>
+<p>The Zephyr X1 drone has a safety-orange carbon shell and four folding rotor arms.</p>
+<p>Battery life was about forty minutes in mild wind.</p></article>
+<footer>Copyright</footer></body></html>"""
+
+
 @pytest.fixture
 def settings(tmp_path: Path, tiny_pipeline: Path, scripted_llm: ScriptedLLM) -> Settings:
     return Settings.model_validate(
@@ -45,6 +54,7 @@ def settings(tmp_path: Path, tiny_pipeline: Path, scripted_llm: ScriptedLLM) -> 
 @pytest.fixture
 def fake_web(monkeypatch: pytest.MonkeyPatch, web: WebServer) -> WebServer:
     img = web.add("/z.png", "image/png", png_bytes((200, 100, 0), seed=3))
+    web.add("/z", "text/html; charset=utf-8", ARTICLE.encode())
     monkeypatch.setattr(
         FakeDDGS,
         "script",
@@ -121,7 +131,24 @@ async def test_tool_budget_caps_research_and_says_what_was_skipped(
         await services.aclose()
     assert state["tool_calls"] == 2
     assert len(state["observations"]) == 2
-    assert any("skipped 1: image_search 'zephyr photo'" in n for n in state["notices"])
+    skipped = "skipped 2: image_search 'zephyr photo', browse 'Zephyr X1 drone'"
+    assert any(skipped in n for n in state["notices"])
+
+
+async def test_research_reads_the_top_result_page_for_facts(
+    services: Services, scripted_llm: ScriptedLLM, fake_web: WebServer
+) -> None:
+    scripted_llm.add("GapReport", {"gaps": [GAP]})
+    scripted_llm.add("GroundedPrompt", {"gen_prompt": "an orange drone"})
+    state = await _run(services, "a Zephyr X1 drone", thread="browse")
+    tools = [o["tool"] for o in state["observations"]]
+    assert tools.count("browse") == 1 and tools.index("browse") == len(tools) - 1
+    browse = state["observations"][-1]
+    assert browse["ok"], browse["error"]
+    assert "safety-orange carbon shell" in browse["items"][0]["text"]
+    assert state["tool_calls"] == 4
+    sent = scripted_llm.calls("GroundedPrompt")[0]["messages"][-1]["content"]
+    assert "safety-orange carbon shell" in sent
 
 
 async def test_failing_tools_do_not_end_the_run(

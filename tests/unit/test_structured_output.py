@@ -8,9 +8,11 @@ from typing import Any
 
 import pytest
 from langchain_core.messages import HumanMessage
+from langchain_openai import ChatOpenAI
 
 from agent.llm import (
     LLMError,
+    Method,
     StructuredOutputError,
     grammar_safe_schema,
     make_chat_model,
@@ -22,7 +24,7 @@ from tests.support.scripted_llm import ScriptedLLM
 GOOD = {"gaps": [{"kind": "entity", "span": "Zephyr X1", "text_queries": ["Zephyr X1 drone"]}]}
 
 
-def _chat(server: ScriptedLLM):  # type: ignore[no-untyped-def]
+def _chat(server: ScriptedLLM) -> ChatOpenAI:
     return make_chat_model(
         base_url=server.base_url,
         model="scripted-llm",
@@ -35,11 +37,11 @@ def _chat(server: ScriptedLLM):  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.parametrize("method", ["json_schema", "json_object", "function_calling"])
-async def test_each_method_round_trips(scripted_llm: ScriptedLLM, method: str) -> None:
+async def test_each_method_round_trips(scripted_llm: ScriptedLLM, method: Method) -> None:
     scripted_llm.add("GapReport", GOOD)
     report = await structured_call(
         _chat(scripted_llm), GapReport, [HumanMessage("p")], method=method, max_repairs=0
-    )  # type: ignore[arg-type]
+    )
     assert report.gaps[0].span == "Zephyr X1"
     body = scripted_llm.requests[0]
     if method == "json_object":

@@ -1,0 +1,474 @@
+"""Ingestion: walk paths, embed images (CLIP) and text documents (chunked), skip what is
+unchanged or unusable and say why.
+
+Images: .jpg .jpeg .png .webp .gif .bmp .tif .tiff. Caption from a sidecar next to the image
+(`photo.txt`, `photo.jpg.txt`, or `photo.json` / `photo.jpg.json` with a "caption",
+"description" or "title" key), else from the file name ("red_sneaker-v2.jpg" -> "red sneaker v2").
+Text documents: .md .markdown .txt .text .rst (UTF-8), split into passages of about
+`chunk_chars` characters on paragraph boundaries, each carrying its nearest Markdown heading.
+PDFs and other binary documents are not parsed (skipped with that reason).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from retrieval.kb import Collection, KnowledgeBase, stable_id
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
+TEXT_EXTS = {".md", ".markdown", ".txt", ".text", ".rst"}
+CAPTION_KEYS = ("caption", "description", "title", "alt")
+SAVE_EVERY_FILES = 500
+
+SkipReason = Literal[
+    "unchanged",
+    "duplicate",
+    "unreadable",
+    "too large",
+    "not an image",
+    "not UTF-8 text",
+    "empty",
+    "unsupported type",
+    "no CLIP model",
+]
+
+
+class Skipped(BaseModel):
+    path: str
+    reason: SkipReason
+    detail: str = ""
+
+
+class IngestReport(BaseModel):
+    files_seen: int = 0
+    images_added: int = 0
+    images_updated: int = 0
+    documents_added: int = 0
+    documents_updated: int = 0
+    passages_added: int = 0
+    removed_entries: int = 0
+    skipped: list[Skipped] = Field(default_factory=list)
+    seconds: float = 0.0
+
+    def skipped_by_reason(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for s in self.skipped:
+            out[s.reason] = out.get(s.reason, 0) + 1
+        return out
+
+
+class Progress(BaseModel):
+    """Sent after each file; `total` is known up front (the walk happens first)."""
+
+    done: int
+    total: int
+    path: str
+    outcome: str
+
+
+ProgressFn = Callable[[Progress], None]
+
+
+def caption_from_name(path: Path) -> str:
+    words = re.sub(r"[_\-.]+", " ", path.stem)
+    words = re.sub(r"(?<=[a-z])(?=[A-Z])", " ", words)
+    return re.sub(r"\s+", " ", words).strip()
+
+
+def caption_sidecars(path: Path) -> list[Path]:
+    return [
+        path.with_suffix(".txt"),
+        path.with_name(path.name + ".txt"),
+        path.with_suffix(".json"),
+        path.with_name(path.name + ".json"),
+    ]
+
+
+def read_caption(path: Path) -> str:
+    for side in caption_sidecars(path):
+        if not side.is_file():
+            continue
+        try:
+            raw = side.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            continue
+        if side.suffix == ".json":
+            try:
+                data = json.loads(raw)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(data, dict):
+                for key in CAPTION_KEYS:
+                    if isinstance(data.get(key), str) and data[key].strip():
+                        return str(data[key]).strip()
+            continue
+        if raw.strip():
+            return raw.strip()
+    return caption_from_name(path)
+
+
+def walk(paths: Iterable[Path]) -> Iterator[Path]:
+    """Files under `paths` (hidden files/folders skipped), in a stable order."""
+    for root in paths:
+        root = Path(root)
+        if root.is_file():
+            yield root
+            continue
+        if not root.is_dir():
+            yield root  # reported as unreadable
+            continue
+        for p in sorted(root.rglob("*")):
+            rel = p.relative_to(root)
+            if any(part.startswith(".") for part in rel.parts):
+                continue
+            if p.is_file():
+                yield p
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def chunk_text(text: str, chunk_chars: int = 800, overlap: int = 100) -> list[tuple[str, str]]:
+    """(heading, passage) pairs: paragraphs packed up to `chunk_chars`; a longer paragraph is
+    cut in windows on whitespace with `overlap` characters repeated, so no fact is split blind."""
+    heading = ""
+    chunks: list[tuple[str, str]] = []
+    buf: list[str] = []
+    buf_heading = ""
+
+    def flush() -> None:
+        nonlocal buf
+        if buf:
+            chunks.append((buf_heading, "\n\n".join(buf).strip()))
+            buf = []
+
+    for para in re.split(r"\n\s*\n", text.replace("\r\n", "\n")):
+        para = para.strip()
+        if not para:
+            continue
+        m = re.match(r"^(#{1,6})\s+(.+?)\s*#*$", para.splitlines()[0])
+        if m:
+            flush()
+            heading = m.group(2).strip()
+            rest = "\n".join(para.splitlines()[1:]).strip()
+            buf_heading = heading
+            if not rest:
+                continue
+            para = rest
+        if len(para) > chunk_chars:
+            flush()
+            buf_heading = heading
+            for piece in _windows(para, chunk_chars, overlap):
+                chunks.append((heading, piece))
+            continue
+        if buf and sum(len(b) + 2 for b in buf) + len(para) > chunk_chars:
+            flush()
+        if not buf:
+            buf_heading = heading
+        buf.append(para)
+    flush()
+    return [(h, c) for h, c in chunks if c]
+
+
+def _windows(text: str, size: int, overlap: int) -> list[str]:
+    out = []
+    start = 0
+    overlap = min(overlap, size // 2)
+    while start < len(text):
+        end = min(len(text), start + size)
+        if end < len(text):
+            space = text.rfind(" ", start + size // 2, end)
+            end = space if space > start else end
+        out.append(text[start:end].strip())
+        if end >= len(text):
+            break
+        nxt = end - overlap
+        space = text.find(" ", nxt, end)
+        start = space + 1 if space != -1 else max(nxt, start + 1)
+    return out
+
+
+def _shrink(im: Image.Image, short_side: int = 512) -> Image.Image:
+    """A batch holds decoded images until it is embedded: cap each (CLIP uses <= 448 px)."""
+    from PIL import Image as PILImage
+
+    w, h = im.size
+    if min(w, h) <= short_side:
+        return im
+    scale = short_side / min(w, h)
+    return im.resize(
+        (max(1, round(w * scale)), max(1, round(h * scale))), PILImage.Resampling.BICUBIC
+    )
+
+
+class _Batch:
+    def __init__(self, which: Collection) -> None:
+        self.which = which
+        self.ids: list[int] = []
+        self.metas: list[dict[str, Any]] = []
+        self.items: list[Any] = []  # texts or PIL images
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+class Ingestor:
+    """Why a class: batches of images/passages fill across files before each embed call."""
+
+    def __init__(self, kb: KnowledgeBase, progress: ProgressFn | None = None) -> None:
+        self.kb = kb
+        self.settings = kb.settings
+        self.progress = progress
+        self.report = IngestReport()
+        self._batches = {"images": _Batch("images"), "passages": _Batch("passages")}
+        self._known: dict[str, dict[str, tuple[str, list[int]]]] = {}
+        self._by_sha: dict[str, dict[str, str]] = {}
+
+    def _index_state(self) -> None:
+        """What is indexed now (called under the write lock, after any reload)."""
+        self._known = {w: self.kb.file_entries(w) for w in ("images", "passages")}
+        self._by_sha = {
+            w: {sha: p for p, (sha, _) in entries.items()} for w, entries in self._known.items()
+        }
+
+    def run(self, paths: list[Path], *, prune: bool = False) -> IngestReport:
+        t0 = time.perf_counter()
+        files = list(walk(paths))
+        captions = {
+            s.resolve()
+            for f in files
+            if f.suffix.lower() in IMAGE_EXTS
+            for s in caption_sidecars(f)
+            if s.is_file()
+        }
+        files = [f for f in files if f.resolve() not in captions]
+        files = list({f.resolve(): f for f in files}.values())  # overlapping roots: once each
+        total = len(files)
+        # Load the models the files need before touching any: a configuration error (missing
+        # weights, mismatched index) stops the run before work is done, not half-way through.
+        exts = {f.suffix.lower() for f in files}
+        if exts & IMAGE_EXTS and self.settings.clip_model:
+            self.kb.embedder("images")
+        if exts & TEXT_EXTS:
+            self.kb.embedder("passages")
+        with self.kb.writing():
+            self._index_state()
+            for n, f in enumerate(files, 1):
+                outcome = self._one(f)
+                self.report.files_seen = n
+                if self.progress is not None:
+                    self.progress(Progress(done=n, total=total, path=str(f), outcome=outcome))
+                if n % SAVE_EVERY_FILES == 0:
+                    self._flush_all()
+                    self.kb.save()
+            self._flush_all()
+            if prune:
+                self.report.removed_entries += self._prune(paths, {f.resolve() for f in files})
+            self.kb.save()
+        self.report.seconds = time.perf_counter() - t0
+        return self.report
+
+    def _skip(self, path: Path, reason: SkipReason, detail: str = "") -> str:
+        self.report.skipped.append(Skipped(path=str(path), reason=reason, detail=detail))
+        return f"skipped: {reason}"
+
+    def _one(self, path: Path) -> str:
+        ext = path.suffix.lower()
+        if not path.is_file():
+            return self._skip(path, "unreadable", "no such file")
+        try:
+            size = path.stat().st_size
+        except OSError as exc:
+            return self._skip(path, "unreadable", str(exc))
+        limit = int(self.settings.max_file_mb * 1024 * 1024)
+        if size > limit:
+            return self._skip(
+                path, "too large", f"{size / 1e6:.1f} MB > {self.settings.max_file_mb} MB"
+            )
+        if ext in IMAGE_EXTS:
+            if not self.settings.clip_model:
+                return self._skip(path, "no CLIP model", "set retrieval.clip_model to index images")
+            return self._image(path)
+        if ext in TEXT_EXTS:
+            return self._document(path)
+        why = (
+            "PDF is not parsed: convert it to text or Markdown"
+            if ext == ".pdf"
+            else (f"'{ext or path.name}' is neither an image nor a text document")
+        )
+        return self._skip(path, "unsupported type", why)
+
+    def _check_known(self, which: str, path: Path, sha: str) -> tuple[str | None, list[int]]:
+        """('unchanged' | 'duplicate' | None, stale ids to replace)."""
+        key = str(path.resolve())
+        known = self._known[which].get(key)
+        if known is not None and known[0] == sha:
+            return "unchanged", []
+        other = self._by_sha[which].get(sha)
+        if other is not None and other != key and other in self._known[which]:
+            return "duplicate", []
+        return None, known[1] if known else []
+
+    def _image(self, path: Path) -> str:
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            sha = sha256_file(path)
+        except OSError as exc:
+            return self._skip(path, "unreadable", str(exc))
+        state, stale = self._check_known("images", path, sha)
+        if state == "unchanged":
+            return self._skip(path, "unchanged")
+        if state == "duplicate":
+            return self._skip(path, "duplicate", f"same content as {self._by_sha['images'][sha]}")
+        try:
+            with Image.open(path) as im:
+                im.draft("RGB", (512, 512))  # JPEG: decode at reduced size, CLIP needs little
+                width, height = im.size
+                rgb = _shrink(im.convert("RGB"))
+        except (UnidentifiedImageError, Image.DecompressionBombError, SyntaxError) as exc:
+            return self._skip(path, "not an image", f"{type(exc).__name__}: {exc}")
+        except OSError as exc:
+            return self._skip(path, "not an image", str(exc))
+        key = str(path.resolve())
+        new_id = stable_id(f"image:{key}")
+        for old in stale:
+            if old != new_id:
+                self.kb.delete("images", [old])
+        meta = {
+            "kind": "image",
+            "path": key,
+            "caption": read_caption(path),
+            "source": path.resolve().as_uri(),
+            "sha256": sha,
+            "width": width,
+            "height": height,
+        }
+        b = self._batches["images"]
+        b.ids.append(new_id)
+        b.metas.append(meta)
+        b.items.append(rgb)
+        self._remember("images", key, sha, [new_id])
+        if stale:
+            self.report.images_updated += 1
+        else:
+            self.report.images_added += 1
+        if len(b) >= self.settings.batch_size:
+            self._flush(b)
+        return "updated" if stale else "added"
+
+    def _document(self, path: Path) -> str:
+        try:
+            raw = path.read_bytes()
+        except OSError as exc:
+            return self._skip(path, "unreadable", str(exc))
+        sha = hashlib.sha256(raw).hexdigest()
+        state, stale = self._check_known("passages", path, sha)
+        if state == "unchanged":
+            return self._skip(path, "unchanged")
+        if state == "duplicate":
+            return self._skip(path, "duplicate", f"same content as {self._by_sha['passages'][sha]}")
+        try:
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            return self._skip(path, "not UTF-8 text", str(exc))
+        if "\x00" in text:
+            return self._skip(path, "not UTF-8 text", "contains NUL bytes (binary file?)")
+        chunks = chunk_text(text, self.settings.chunk_chars, self.settings.chunk_overlap)
+        if not chunks:
+            return self._skip(path, "empty")
+        key = str(path.resolve())
+        if stale:
+            self.kb.delete("passages", stale)
+        b = self._batches["passages"]
+        ids = []
+        for n, (heading, passage) in enumerate(chunks):
+            id_ = stable_id(f"text:{key}#{n}")
+            ids.append(id_)
+            b.ids.append(id_)
+            b.metas.append(
+                {
+                    "kind": "text",
+                    "path": key,
+                    "caption": heading or path.stem,
+                    "text": passage,
+                    "chunk": n,
+                    "source": path.resolve().as_uri(),
+                    "sha256": sha,
+                }
+            )
+            # The heading is embedded with the passage: it often names what the passage is about.
+            b.items.append(f"{heading}\n{passage}" if heading else passage)
+        self._remember("passages", key, sha, ids)
+        self.report.passages_added += len(ids)
+        if stale:
+            self.report.documents_updated += 1
+        else:
+            self.report.documents_added += 1
+        if len(b) >= self.settings.batch_size:
+            self._flush(b)
+        return "updated" if stale else "added"
+
+    def _remember(self, which: str, key: str, sha: str, ids: list[int]) -> None:
+        self._known[which][key] = (sha, ids)
+        self._by_sha[which][sha] = key
+
+    def _flush(self, b: _Batch) -> None:
+        if not len(b):
+            return
+        which: Collection = b.which
+        emb = self.kb.embedder(which)
+        vecs: np.ndarray
+        if which == "images":
+            images: list[Image.Image] = b.items
+            vecs = emb.embed_images(images)
+        else:
+            vecs = emb.embed_texts(list(b.items))
+        self.kb.upsert(which, b.ids, vecs, b.metas)
+        b.ids, b.metas, b.items = [], [], []
+
+    def _flush_all(self) -> None:
+        for b in self._batches.values():
+            self._flush(b)
+
+    def _prune(self, roots: list[Path], seen: set[Path]) -> int:
+        """Entries under the given folders whose files no longer exist (or were not seen)."""
+        prefixes = [str(Path(r).resolve()) for r in roots]
+        gone = []
+        for which in ("images", "passages"):
+            for p in self.kb.file_entries(which):
+                under = any(p == pre or p.startswith(pre.rstrip("/") + "/") for pre in prefixes)
+                if under and Path(p) not in seen:
+                    gone.append(Path(p))
+        return self.kb.remove_paths(gone) if gone else 0
+
+
+def ingest(
+    kb: KnowledgeBase,
+    paths: list[Path],
+    *,
+    progress: ProgressFn | None = None,
+    prune: bool = False,
+) -> IngestReport:
+    """Add or refresh `paths` (files or folders) in `kb` and save it atomically at the end
+    (and every few hundred files, so a crash mid-way keeps most of the work)."""
+    if not paths:
+        raise ValueError("nothing to ingest: give at least one file or folder")
+    return Ingestor(kb, progress).run(paths, prune=prune)

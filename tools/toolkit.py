@@ -1,0 +1,520 @@
+"""The four research tools the agent calls: search, image_search, browse, knowledge_base.
+
+A tool call never raises for a tool failure: no network, a provider error, a refused download
+or a timeout becomes `Observation(ok=False, error=...)`, so one bad query cannot end a run.
+Each call runs under `settings.timeout_s`; provider errors are retried with jittered
+exponential backoff, bounded in attempts and by that same deadline; an offline machine fails
+fast (no retries) with an error saying so. Successful results are cached (see `tools.cache`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from tools.cache import CacheError, ToolCache, cache_key, make_cache
+from tools.extract import chunk_blocks, extract_main_text, rank_passages, text_to_blocks
+from tools.fetch import FetchError, SafeFetcher, validate_url
+from tools.images import DecodedImage, Fingerprint, ImageRejected, decode_image, thumbnail
+from tools.observations import (
+    ImageHit,
+    ImageRegistry,
+    Observation,
+    Passage,
+    SearchHit,
+    ToolName,
+)
+from tools.providers.base import ImageCandidate, ProviderError, SearchProvider, make_provider
+from tools.settings import ToolSettings
+
+if TYPE_CHECKING:
+    from generators.artifacts import ArtifactStore
+    from retrieval.api import ImageRanker, KnowledgeBaseAPI
+    from retrieval.settings import RetrievalSettings
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+DISABLED = "web search disabled/unavailable"
+_MAX_NOTES = 12
+
+
+class _ToolFailure(Exception):
+    """Internal: ends a tool call with ok=False and this message."""
+
+
+@dataclass
+class _Downloaded:
+    candidate: ImageCandidate
+    data: bytes
+    decoded: DecodedImage
+    final_url: str
+    fingerprint: Fingerprint
+
+
+class Toolkit:
+    def __init__(
+        self,
+        settings: ToolSettings,
+        store: ArtifactStore,
+        *,
+        retrieval: RetrievalSettings | None = None,
+        cache: ToolCache | None = None,
+    ) -> None:
+        """`cache=None` builds the cache from settings (disk, or Redis when configured;
+        nothing when `cache_enabled` is false)."""
+        self.settings = settings
+        self.store = store
+        self.retrieval = retrieval
+        self.cache = cache if cache is not None else make_cache(settings)
+        self.registry = ImageRegistry()  # for knowledge_base images when no registry is passed
+        self.fetcher = SafeFetcher(settings)
+        # Blocking provider calls and CPU work (decode, hashing, PNG encoding, CLIP) get separate
+        # pools, so engines stuck until their timeout cannot starve image verification.
+        self._executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="gw-tools-io")
+        self._cpu = ThreadPoolExecutor(max_workers=4, thread_name_prefix="gw-tools-cpu")
+        self._providers: dict[str, SearchProvider] = {}
+        self._kb: KnowledgeBaseAPI | None = None
+        self._ranker: ImageRanker | None = None
+        self._ranker_loaded = False
+        self._ranker_error: str | None = None
+        self._ranker_lock = asyncio.Lock()
+        self._kb_lock = asyncio.Lock()
+
+    # --- plumbing -------------------------------------------------------------------------
+
+    async def _in_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._cpu, fn, *args)
+
+    def _provider(self, which: str) -> SearchProvider:
+        name = self.settings.text_provider if which == "text" else self.settings.image_provider
+        if name == "none":
+            raise _ToolFailure(
+                f"{DISABLED}: tools.{which if which == 'text' else 'image'}_provider is 'none' "
+                "(offline mode); use knowledge_base for local material"
+            )
+        if name not in self._providers:
+            try:
+                self._providers[name] = make_provider(name, self.settings, executor=self._executor)
+            except ProviderError as exc:
+                raise _ToolFailure(f"{DISABLED}: {exc}") from exc
+        return self._providers[name]
+
+    async def _retry(self, what: str, call: Callable[[], Awaitable[T]], deadline: float) -> T:
+        """Jittered exponential backoff on retriable provider errors, within `deadline`."""
+        s = self.settings
+        for attempt in range(1, s.retry_attempts + 1):
+            try:
+                return await call()
+            except ProviderError as exc:
+                if exc.offline:
+                    raise _ToolFailure(f"{DISABLED}: {exc}") from exc
+                delay = random.uniform(0, min(s.retry_max_s, s.retry_base_s * 2 ** (attempt - 1)))
+                if not exc.retriable or attempt == s.retry_attempts:
+                    raise _ToolFailure(f"{what}: {exc} (after {attempt} attempt(s))") from exc
+                if time.monotonic() + delay >= deadline:
+                    raise _ToolFailure(
+                        f"{what}: {exc} (gave up after {attempt} attempt(s): time budget)"
+                    ) from exc
+                log.info("%s failed (%s); retry %d in %.2fs", what, exc, attempt, delay)
+                await asyncio.sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _cache_get(self, key: str, notes: list[str]) -> Observation | None:
+        if self.cache is None:
+            return None
+        try:
+            raw = await self.cache.get(key)
+        except CacheError as exc:
+            notes.append(f"cache read failed: {exc}")
+            return None
+        if raw is None:
+            return None
+        try:
+            return Observation.model_validate(raw)
+        except ValueError:
+            return None
+
+    async def _cache_set(self, key: str, obs: Observation) -> None:
+        if self.cache is None or not obs.ok:
+            return
+        payload = obs.model_copy(update={"cached": False, "elapsed_s": 0.0}).model_dump(mode="json")
+        try:
+            await self.cache.set(key, payload, self.settings.cache_ttl_s)
+        except CacheError as exc:
+            obs.notes.append(f"cache write failed: {exc}")
+
+    async def _run(
+        self,
+        tool: ToolName,
+        query: str,
+        body: Callable[[float, list[str]], Awaitable[Observation]],
+        *,
+        key: str | None = None,
+        from_cache: Callable[[Observation], Observation | None] | None = None,
+    ) -> Observation:
+        """Timeout, cache and failure handling shared by every tool."""
+        start = time.monotonic()
+        deadline = start + self.settings.timeout_s
+        notes: list[str] = []
+        try:
+            async with asyncio.timeout(self.settings.timeout_s):
+                if key is not None:
+                    hit = await self._cache_get(key, notes)
+                    if hit is not None and from_cache is not None:
+                        hit = from_cache(hit)
+                    if hit is not None:
+                        hit.cached = True
+                        hit.elapsed_s = time.monotonic() - start
+                        return hit
+                obs = await body(deadline, notes)
+        except TimeoutError:
+            obs = Observation.failure(
+                tool, query, f"{tool} timed out after {self.settings.timeout_s:g}s"
+            )
+        except _ToolFailure as exc:
+            obs = Observation.failure(tool, query, str(exc))
+        except FetchError as exc:
+            prefix = f"{DISABLED}: " if exc.kind == "offline" else ""
+            obs = Observation.failure(tool, query, f"{prefix}{exc}")
+        obs.elapsed_s = time.monotonic() - start
+        obs.notes = [*notes, *obs.notes][:_MAX_NOTES]
+        if key is not None and obs.ok:
+            await self._cache_set(key, obs)
+        return obs
+
+    # --- search -----------------------------------------------------------------------------
+
+    async def search(self, queries: list[str], top_k: int | None = None) -> list[Observation]:
+        """One observation per query, in order; the queries run concurrently."""
+        k = top_k or self.settings.top_k
+        return list(await asyncio.gather(*(self._search_one(q, k) for q in queries)))
+
+    async def _search_one(self, query: str, k: int) -> Observation:
+        async def body(deadline: float, notes: list[str]) -> Observation:
+            if not query.strip():
+                raise _ToolFailure("empty search query")
+            provider = self._provider("text")
+            hits = await self._retry(
+                f"search via {provider.name}", lambda: provider.text(query, k), deadline
+            )
+            return Observation(
+                tool="search", query=query, ok=True, items=list(hits[:k]), provider=provider.name
+            )
+
+        key = cache_key("search", query, k=k, p=self.settings.text_provider)
+        return await self._run("search", query, body, key=key)
+
+    # --- image_search -----------------------------------------------------------------------
+
+    async def image_search(
+        self, query: str, top_k: int | None = None, *, registry: ImageRegistry
+    ) -> Observation:
+        """Find, download, verify, de-duplicate, rank and store images for `query`."""
+        k = top_k or self.settings.max_images_per_query
+        ranker_name = (self.retrieval.clip_model if self.retrieval else None) or "none"
+
+        def from_cache(obs: Observation) -> Observation | None:
+            items = []
+            for item in obs.items:
+                if not isinstance(item, ImageHit) or not self.store.exists(item.sha256):
+                    return None  # the store was cleaned: fetch again
+                if item.thumbnail_sha256 and not self.store.exists(item.thumbnail_sha256):
+                    return None
+                items.append(item.model_copy(update={"img_id": registry.assign(item.sha256)}))
+            return obs.model_copy(update={"items": items})
+
+        async def body(deadline: float, notes: list[str]) -> Observation:
+            if not query.strip():
+                raise _ToolFailure("empty image query")
+            provider = self._provider("image")
+            want = max(k * self.settings.image_candidates_factor, k)
+            candidates = await self._retry(
+                f"image search via {provider.name}",
+                lambda: provider.images(query, want),
+                deadline,
+            )
+            items = await self._collect_images(query, candidates, k, registry, notes, deadline)
+            if candidates and not items:
+                raise _ToolFailure(
+                    f"all {len(candidates)} image results failed to download or verify: "
+                    + "; ".join(notes[:3])
+                )
+            return Observation(
+                tool="image_search",
+                query=query,
+                ok=True,
+                items=list(items),
+                provider=provider.name,
+            )
+
+        key = cache_key("image_search", query, k=k, p=self.settings.image_provider, r=ranker_name)
+        return await self._run("image_search", query, body, key=key, from_cache=from_cache)
+
+    async def _download(self, cand: ImageCandidate) -> _Downloaded | str:
+        """The image itself, else the provider's thumbnail of it (originals often refuse
+        hot-linking with 403 while the search engine's thumbnail still loads)."""
+        errors = []
+        for url in dict.fromkeys(u for u in (cand.image_url, cand.thumbnail_url) if u):
+            try:
+                res = await self.fetcher.fetch(url, kind="image")
+                decoded = await self._in_thread(
+                    decode_image, res.data, self.settings.max_image_pixels
+                )
+                break
+            except (FetchError, ImageRejected) as exc:
+                errors.append(f"{url[:120]}: {exc}")
+        else:
+            return "skipped " + " / then thumbnail ".join(errors)
+        fingerprint = await self._in_thread(Fingerprint.of, decoded.image)
+        return _Downloaded(cand, res.data, decoded, res.final_url, fingerprint)
+
+    async def _collect_images(
+        self,
+        query: str,
+        candidates: list[ImageCandidate],
+        k: int,
+        registry: ImageRegistry,
+        notes: list[str],
+        deadline: float,
+    ) -> list[ImageHit]:
+        tasks = [asyncio.ensure_future(self._download(c)) for c in candidates]
+        # Keep what arrived when the call's time is nearly up, rather than failing it whole;
+        # the margin leaves time to rank and store.
+        margin = min(2.0, self.settings.timeout_s * 0.15)
+        budget = max(0.05, deadline - time.monotonic() - margin)
+        done, pending = await asyncio.wait(tasks, timeout=budget) if tasks else (set(), set())
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+            notes.append(f"{len(pending)} slow download(s) abandoned at the call's deadline")
+        results = [t.result() for t in tasks if t in done]
+        kept: list[_Downloaded] = []
+        dup = 0
+        for res in results:
+            if isinstance(res, str):
+                notes.append(res)
+                continue
+            limit = self.settings.phash_max_distance
+            if any(res.fingerprint.near(o.fingerprint, limit) for o in kept):
+                dup += 1
+                continue
+            kept.append(res)
+        if dup:
+            notes.append(f"{dup} near-duplicate image(s) collapsed (perceptual hash)")
+        scores: list[float | None] = [None] * len(kept)
+        ranker = await self._get_ranker(notes)
+        if ranker is not None and kept:
+            try:
+                ranked = await self._in_thread(ranker.rank, query, [d.decoded.image for d in kept])
+                scores = [float(s) for s in ranked]
+                order = sorted(range(len(kept)), key=lambda i: -float(ranked[i]))
+                kept, scores = [kept[i] for i in order], [scores[i] for i in order]
+            except (RuntimeError, ValueError, OSError) as exc:
+                notes.append(f"CLIP ranking failed, provider order kept: {exc}")
+        hits = []
+        for d, score in list(zip(kept, scores, strict=True))[:k]:
+            sha, thumb_sha = await self._in_thread(self._store_image, d, query)
+            hits.append(
+                ImageHit(
+                    img_id=registry.assign(sha),
+                    sha256=sha,
+                    url=d.final_url,
+                    source_url=d.candidate.source_url,
+                    title=d.candidate.title,
+                    width=d.decoded.width,
+                    height=d.decoded.height,
+                    score=score,
+                    thumbnail_sha256=thumb_sha,
+                )
+            )
+        return hits
+
+    def _store_image(self, d: _Downloaded, query: str) -> tuple[str, str]:
+        """Original bytes (verified by a full decode) plus a PNG thumbnail."""
+        meta = {
+            "width": d.decoded.width,
+            "height": d.decoded.height,
+            "url": d.final_url,
+            "source_url": d.candidate.source_url,
+            "title": d.candidate.title[:300],
+            "query": query[:300],
+            "origin": "image_search",
+        }
+        ref = self.store.put_bytes(d.data, d.decoded.media_type, meta)
+        thumb = self.store.put_image(
+            thumbnail(d.decoded.image, self.settings.thumbnail_px), {"thumbnail_of": ref.sha256}
+        )
+        return ref.sha256, thumb.sha256
+
+    async def _get_ranker(self, notes: list[str]) -> ImageRanker | None:
+        if self.retrieval is None or not self.retrieval.clip_model:
+            return None
+        async with self._ranker_lock:
+            if not self._ranker_loaded:
+                from retrieval.api import make_image_ranker
+
+                try:
+                    self._ranker = await self._in_thread(make_image_ranker, self.retrieval)
+                except (RuntimeError, ValueError, OSError, ImportError) as exc:
+                    self._ranker_error = f"{type(exc).__name__}: {exc}"
+                self._ranker_loaded = True
+        if self._ranker_error:
+            notes.append(f"CLIP ranking unavailable: {self._ranker_error}")
+        return self._ranker
+
+    # --- browse -----------------------------------------------------------------------------
+
+    async def browse(self, url: str, query: str) -> Observation:
+        """Fetch one page and return its passages most relevant to `query`."""
+        k = self.settings.top_k
+
+        async def body(deadline: float, notes: list[str]) -> Observation:
+            validate_url(url)
+            res = await self.fetcher.fetch(url, kind="page", truncate=True)
+            if res.truncated:
+                notes.append(f"page cut at {self.settings.max_page_bytes} bytes")
+            text = res.text()
+            media = res.content_type.split(";")[0].strip().lower()
+            is_html = "html" in media or "xml" in media or (not media and "<" in text[:2048])
+            if is_html:
+                page = await self._in_thread(extract_main_text, text)
+                blocks, title = page.blocks, page.title
+            else:
+                blocks, title = text_to_blocks(text), ""
+            passages = chunk_blocks(blocks, self.settings.passage_chars)
+            if not passages:
+                raise _ToolFailure(f"{res.final_url}: no readable text on the page")
+            scores = rank_passages(query, passages, title)
+            order = sorted(range(len(passages)), key=lambda i: -scores[i])
+            if scores[order[0]] <= 0:
+                notes.append("no passage mentions the query terms; showing the page's opening")
+                order = list(range(len(passages)))
+            items = [
+                Passage(text=passages[i], source=res.final_url, score=round(scores[i], 4))
+                for i in order[:k]
+            ]
+            if title:
+                notes.append(f"page title: {title[:200]}")
+            return Observation(
+                tool="browse", query=query, ok=True, items=list(items), provider="web"
+            )
+
+        key = cache_key("browse", query, url=url.strip(), k=k)
+        return await self._run("browse", f"{url} :: {query}", body, key=key)
+
+    # --- knowledge_base -----------------------------------------------------------------------
+
+    async def knowledge_base(
+        self, query: str, top_k: int | None = None, *, registry: ImageRegistry | None = None
+    ) -> Observation:
+        """Passages and images from the user's local corpus (works offline).
+
+        Image hits get IMG_### ids from `registry` (the run's), else from the toolkit's own.
+        """
+        k = top_k or self.settings.top_k
+        reg = registry or self.registry
+
+        async def body(deadline: float, notes: list[str]) -> Observation:
+            kb = await self._get_kb()
+            try:
+                texts = await self._in_thread(kb.search_passages, query, k)
+                images = await self._in_thread(kb.search_images, query, k)
+            except (RuntimeError, ValueError, OSError) as exc:
+                raise _ToolFailure(f"knowledge base search failed: {exc}") from exc
+            items: list[SearchHit | ImageHit | Passage] = [
+                Passage(
+                    text=h.text or h.caption,
+                    source=h.path or h.url or h.source,
+                    score=h.score,
+                )
+                for h in texts
+                if (h.text or h.caption)
+            ]
+            for h in images:
+                stored = await self._in_thread(self._store_kb_image, h.path, h.sha256, notes)
+                if stored is None:
+                    continue
+                sha, thumb, w, hgt = stored
+                items.append(
+                    ImageHit(
+                        img_id=reg.assign(sha),
+                        sha256=sha,
+                        url=h.url or "",
+                        source_url=h.path or h.source,
+                        title=h.caption,
+                        width=w,
+                        height=hgt,
+                        score=h.score,
+                        thumbnail_sha256=thumb,
+                    )
+                )
+            return Observation(
+                tool="knowledge_base", query=query, ok=True, items=items, provider="local"
+            )
+
+        return await self._run("knowledge_base", query, body)
+
+    async def _get_kb(self) -> KnowledgeBaseAPI:
+        if self.retrieval is None:
+            raise _ToolFailure(
+                "knowledge base not configured: the toolkit was built without retrieval "
+                "settings (pass retrieval=RetrievalSettings(kb_dir=...))"
+            )
+        from retrieval.api import KnowledgeBaseUnavailable, open_knowledge_base
+
+        async with self._kb_lock:
+            if self._kb is None:
+                try:
+                    self._kb = await self._in_thread(open_knowledge_base, self.retrieval)
+                except KnowledgeBaseUnavailable as exc:
+                    raise _ToolFailure(f"knowledge base unavailable: {exc}") from exc
+            return self._kb
+
+    def _store_kb_image(
+        self, path: str | None, sha: str, notes: list[str]
+    ) -> tuple[str, str, int, int] | None:
+        if path and Path(path).is_file():
+            try:
+                data = Path(path).read_bytes()
+                decoded = decode_image(data, self.settings.max_image_pixels)
+            except (ImageRejected, OSError) as exc:
+                notes.append(f"skipped local image {path}: {exc}")
+                return None
+            ref = self.store.put_bytes(
+                data,
+                decoded.media_type,
+                {
+                    "width": decoded.width,
+                    "height": decoded.height,
+                    "path": path,
+                    "origin": "knowledge_base",
+                },
+            )
+            sha, image = ref.sha256, decoded.image
+        elif sha and self.store.exists(sha):
+            image = self.store.open_image(sha)
+        else:
+            notes.append(f"skipped local image {path or sha}: file not found")
+            return None
+        thumb = self.store.put_image(
+            thumbnail(image, self.settings.thumbnail_px), {"thumbnail_of": sha}
+        )
+        return sha, thumb.sha256, image.width, image.height
+
+    async def aclose(self) -> None:
+        await self.fetcher.aclose()
+        for provider in self._providers.values():
+            await provider.aclose()
+        if self.cache is not None:
+            await self.cache.aclose()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._cpu.shutdown(wait=False, cancel_futures=True)
