@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 GapKind = Literal["entity", "style", "scene", "composition", "text", "count"]
 
@@ -31,6 +31,16 @@ class Gap(BaseModel):
         default=False, description="True when the look matters and a reference image helps."
     )
 
+    @field_validator("text_queries", "image_queries", mode="after")
+    @classmethod
+    def _drop_blank_and_repeated(cls, queries: list[str]) -> list[str]:
+        """Small models emit "" or the same query twice; neither is worth a tool call."""
+        kept: list[str] = []
+        for q in (" ".join(q.split()) for q in queries):
+            if q and q.lower() not in {k.lower() for k in kept}:
+                kept.append(q)
+        return kept
+
 
 class GapReport(BaseModel):
     """What the prompt names that an image model probably does not know."""
@@ -39,7 +49,13 @@ class GapReport(BaseModel):
 
 
 class Ref(BaseModel):
-    img_id: str = Field(description="IMG_### id of a researched image.", pattern=r"^IMG_\d{3}$")
+    # The pattern is advertised to the model but not enforced here: an id that is malformed or
+    # invented is dropped with a notice by the synthesize node, which is better than failing a
+    # whole grounded prompt over one bad reference (SmolLM2 does this under json_object).
+    img_id: str = Field(
+        description="IMG_### id of a researched image.",
+        json_schema_extra={"pattern": r"^IMG_\d{3}$"},
+    )
     note: str = Field(default="", description="What to take from this image.", max_length=200)
 
 
