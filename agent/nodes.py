@@ -233,10 +233,19 @@ class PlannedNodes:
         settings = self.settings(runtime)
         report = GapReport.model_validate(state.get("gaps") or {})
         observations = [Observation.model_validate(o) for o in state.get("observations", [])]
+        found = [o for o in observations if o.ok and o.items]
+        notices: list[str] = []
         if not report.gaps:
             grounded = GroundedPrompt(gen_prompt=state["prompt"])
             summary = "no gaps: prompt used as is"
-            notices: list[str] = []
+        elif not found:
+            # With no evidence a rewrite can only invent; the user's words are the best prompt.
+            grounded = GroundedPrompt(gen_prompt=state["prompt"])
+            summary = "research found nothing: prompt used as is"
+            notices.append(
+                "research found nothing to ground the prompt on (every tool call failed or came "
+                "back empty), so the prompt was used as written"
+            )
         else:
             images = _image_lines(observations)
             grounded = await self.services.structured(
@@ -259,9 +268,10 @@ class PlannedNodes:
                 ],
                 settings,
             )
-            grounded, notices = _check_references(
+            grounded, dropped = _check_references(
                 grounded, state.get("image_ids") or {}, settings.agent.max_references
             )
+            notices += dropped
             summary = (
                 f"{len(grounded.facts)} facts, {len(grounded.reference_images)} references: "
                 f"{grounded.gen_prompt[:80]}"

@@ -166,11 +166,14 @@ async def test_failing_tools_do_not_end_the_run(
 
     monkeypatch.setattr(ddgs, "DDGS", BrokenDDGS)
     scripted_llm.add("GapReport", {"gaps": [GAP]})
-    scripted_llm.add("GroundedPrompt", {"gen_prompt": "an orange drone"})
     state = await _run(services, "a Zephyr X1 drone", thread="broken")
     assert state["observations"] and all(not o["ok"] for o in state["observations"])
     assert all(o["error"] for o in state["observations"])
     assert state["image"] is not None  # the run went on and made an image
+    # With no evidence, synthesis is not asked to invent: the prompt is used as written.
+    assert scripted_llm.calls("GroundedPrompt") == []
+    assert state["grounded"]["gen_prompt"] == "a Zephyr X1 drone"
+    assert any("research found nothing" in n for n in state["notices"])
 
 
 async def test_invented_reference_ids_are_dropped_with_a_notice(
