@@ -25,11 +25,14 @@ from agent.services import Services
 from agent.settings import RunContext, Settings
 from agent.state import CritiqueRound, RunState, StageEvent
 from generators.base import GenerationRequest, GenerationResult, GeneratorError
-from tools.observations import ImageHit, ImageRegistry, Observation, SearchHit
+from tools.observations import ImageHit, ImageRegistry, Observation, SearchHit, ToolName
 from tools.render import render_observations
 
 if TYPE_CHECKING:
     from tools.toolkit import Toolkit
+
+ToolCall = tuple[ToolName, str, Callable[[], Awaitable[Observation]]]
+"""One planned research call: tool, what it is about (for logs and notices), the call itself."""
 
 
 def validate_prompt(text: str | None, max_chars: int) -> str:
@@ -158,7 +161,7 @@ class PlannedNodes:
         budget = settings.agent.max_tool_calls - state.get("tool_calls", 0)
         timeout = settings.tools.timeout_s + 5.0
 
-        calls: list[tuple[str, str, Callable[[], Awaitable[Observation]]]] = []
+        calls: list[ToolCall] = []
         for gap in report.gaps:
             for q in gap.text_queries:
                 calls.append(("search", q, partial(_search_one, toolkit, q)))
@@ -177,14 +180,14 @@ class PlannedNodes:
         semaphore = asyncio.Semaphore(settings.agent.research_concurrency)
 
         async def run_one(
-            tool: str, query: str, fn: Callable[[], Awaitable[Observation]]
+            tool: ToolName, query: str, fn: Callable[[], Awaitable[Observation]]
         ) -> Observation:
             async with semaphore:
                 t0 = time.perf_counter()
                 try:
                     obs = await asyncio.wait_for(fn(), timeout=timeout)
                 except TimeoutError:
-                    obs = Observation.failure(tool, query, f"timed out after {timeout:.0f}s")  # type: ignore[arg-type]
+                    obs = Observation.failure(tool, query, f"timed out after {timeout:.0f}s")
                 obs.elapsed_s = obs.elapsed_s or round(time.perf_counter() - t0, 4)
                 writer(
                     {
@@ -463,11 +466,11 @@ async def _search_one(toolkit: Toolkit, query: str) -> Observation:
 
 def _browse_calls(
     toolkit: Toolkit, report: GapReport, observations: list[Observation], per_gap: int
-) -> list[tuple[str, str, Callable[[], Awaitable[Observation]]]]:
+) -> list[ToolCall]:
     """The first `per_gap` result pages of each gap's text searches, each page read once."""
     by_query = {o.query: o for o in observations if o.tool == "search" and o.ok}
     seen: set[str] = set()
-    calls: list[tuple[str, str, Callable[[], Awaitable[Observation]]]] = []
+    calls: list[ToolCall] = []
     for gap in report.gaps:
         picked = 0
         hits = [

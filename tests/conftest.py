@@ -40,6 +40,19 @@ def tiny_pipeline(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_pipeline(tmp_path_factory.mktemp("tiny-sd") / "pipeline")
 
 
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A private redis-server on a free port for the whole session (never 6379's data)."""
+    import shutil
+
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server not on PATH (apt-get install redis-server)")
+    from generators.redis_server import RedisServer
+
+    with RedisServer() as server:
+        yield server.url
+
+
 @pytest.fixture
 def gw_env(tmp_path: Path, tiny_pipeline: Path) -> dict[str, str]:
     """Environment for a `groundwork` subprocess: everything under tmp_path, nothing online."""

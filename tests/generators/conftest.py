@@ -14,13 +14,13 @@ from generators.worker_process import WorkerProcess as WorkerProc
 
 
 @pytest.fixture(scope="session")
-def tiny_pipeline_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def tiny_pipeline_dir(tiny_pipeline: Path) -> Path:
+    """The session's one tiny pipeline (built in tests/conftest.py), not a second build; torch
+    stays pinned to one thread here as these tests always ran."""
     import torch
 
     torch.set_num_threads(1)
-    from generators.tiny import build_tiny_pipeline
-
-    return build_tiny_pipeline(tmp_path_factory.mktemp("tiny-sd") / "pipe", seed=0)
+    return tiny_pipeline
 
 
 @pytest.fixture(scope="session")
@@ -50,19 +50,6 @@ def _offline_hub(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 # -- Redis and worker processes ---------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def redis_url() -> Iterator[str]:
-    """A private redis-server on a free port for the whole session (never 6379's data)."""
-    import shutil
-
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server not on PATH (apt-get install redis-server)")
-    from generators.redis_server import RedisServer
-
-    with RedisServer() as server:
-        yield server.url
 
 
 @pytest.fixture

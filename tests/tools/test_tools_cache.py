@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import shutil
-import socket
-import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from generators.artifacts import ArtifactStore
+from generators.redis_server import free_port
 from tests.tools.conftest import FakeDDGS, tool_settings
 from tools.cache import CacheError, DiskCache, RedisCache, cache_key, make_cache
 from tools.toolkit import Toolkit
@@ -49,48 +46,6 @@ def test_make_cache_follows_settings(tmp_path: Path) -> None:
     )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture
-def redis_url(tmp_path: Path) -> Iterator[str]:
-    exe = shutil.which("redis-server")
-    if exe is None:
-        pytest.skip("redis-server not on PATH")
-    port = _free_port()
-    proc = subprocess.Popen(
-        [
-            exe,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(tmp_path),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
-                break
-            except OSError:
-                time.sleep(0.05)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        proc.terminate()
-        proc.wait(5)
-
-
 @pytest.mark.redis
 async def test_redis_cache_ttl(redis_url: str) -> None:
     cache = RedisCache(redis_url)
@@ -126,7 +81,7 @@ async def test_unreachable_redis_degrades_to_a_note(
     tmp_path: Path, fake_ddgs: type[FakeDDGS]
 ) -> None:
     fake_ddgs.text_results = {"q": [{"title": "t", "href": "https://x.example/"}]}
-    settings = tool_settings(tmp_path, [], cache_redis_url=f"redis://127.0.0.1:{_free_port()}/0")
+    settings = tool_settings(tmp_path, [], cache_redis_url=f"redis://127.0.0.1:{free_port()}/0")
     kit = Toolkit(settings, ArtifactStore(tmp_path / "a"))
     try:
         (obs,) = await kit.search(["q"])
@@ -136,7 +91,7 @@ async def test_unreachable_redis_degrades_to_a_note(
     assert any("cache read failed" in n for n in obs.notes)
     assert any("cache write failed" in n for n in obs.notes)
     with pytest.raises(CacheError):
-        bad = RedisCache(f"redis://127.0.0.1:{_free_port()}/0")
+        bad = RedisCache(f"redis://127.0.0.1:{free_port()}/0")
         try:
             await bad.get("x")
         finally:
