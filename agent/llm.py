@@ -11,14 +11,22 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import time
+from collections.abc import Callable
 from typing import Any, Literal, TypeVar
 
 import openai
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
+from langchain_core.messages import (
+    AIMessage,
+    BaseMessage,
+    HumanMessage,
+    SystemMessage,
+    ToolMessage,
+)
 from langchain_openai import ChatOpenAI
 from pydantic import BaseModel, ValidationError
 
-from agent.errors import GroundworkError
+from core.errors import GroundworkError
 
 T = TypeVar("T", bound=BaseModel)
 Method = Literal["json_schema", "json_object", "function_calling"]
@@ -87,6 +95,10 @@ def _extract_json(text: str) -> str:
     return text[start : end + 1]
 
 
+LLMObserver = Callable[[dict[str, Any]], None]
+"""Receives one record per LLM call: messages in, tools offered, answer, tokens, latency."""
+
+
 async def structured_call(
     llm: ChatOpenAI,
     schema: type[T],
@@ -94,6 +106,7 @@ async def structured_call(
     *,
     method: Method,
     max_repairs: int,
+    observer: LLMObserver | None = None,
 ) -> T:
     """Ask for a `schema` instance; re-ask with the validation error at most `max_repairs` times."""
     if method == "function_calling":
@@ -103,8 +116,13 @@ async def structured_call(
     convo = list(messages)
     last_error = ""
     for attempt in range(max_repairs + 1):
+        started = time.perf_counter()
         reply = await _invoke(runnable, convo, llm)
         raw = _raw_answer(reply)
+        if observer is not None:
+            observer(
+                call_record(llm, convo, reply, started, response_format=schema.__name__, tools=None)
+            )
         try:
             return schema.model_validate_json(_extract_json(raw))
         except ValidationError as exc:
@@ -162,3 +180,50 @@ async def _invoke(runnable: Any, messages: list[BaseMessage], llm: ChatOpenAI) -
 
 def image_data_url(png_bytes: bytes, media_type: str = "image/png") -> str:
     return f"data:{media_type};base64,{base64.b64encode(png_bytes).decode()}"
+
+
+def call_record(
+    llm: ChatOpenAI,
+    messages: list[BaseMessage],
+    reply: BaseMessage,
+    started: float,
+    *,
+    response_format: str | None,
+    tools: list[dict[str, Any]] | None,
+) -> dict[str, Any]:
+    """One LLM call as a JSON-able trace record (the shape `traces export` reads)."""
+    usage = getattr(reply, "usage_metadata", None) or {}
+    return {
+        "kind": "llm",
+        "model": llm.model_name,
+        "messages": [message_to_dict(m) for m in messages],
+        "tools": tools,
+        "response_format": response_format,
+        "answer": message_to_dict(reply),
+        "prompt_tokens": int(usage.get("input_tokens", 0)),
+        "completion_tokens": int(usage.get("output_tokens", 0)),
+        "latency_s": round(time.perf_counter() - started, 4),
+    }
+
+
+def message_to_dict(message: BaseMessage) -> dict[str, Any]:
+    """A LangChain message in OpenAI chat format (what SFT data and vLLM expect)."""
+    role = {
+        SystemMessage: "system",
+        HumanMessage: "user",
+        AIMessage: "assistant",
+        ToolMessage: "tool",
+    }.get(type(message), getattr(message, "type", "user"))
+    out: dict[str, Any] = {"role": role, "content": message.content}
+    if isinstance(message, AIMessage) and message.tool_calls:
+        out["tool_calls"] = [
+            {
+                "id": tc.get("id") or f"call_{i}",
+                "type": "function",
+                "function": {"name": tc["name"], "arguments": json.dumps(tc["args"])},
+            }
+            for i, tc in enumerate(message.tool_calls)
+        ]
+    if isinstance(message, ToolMessage):
+        out["tool_call_id"] = message.tool_call_id
+    return out

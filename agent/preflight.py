@@ -6,8 +6,8 @@ from __future__ import annotations
 import httpx
 
 from agent.embedded_llm import default_gguf
-from agent.errors import InputError
 from agent.settings import Settings
+from core.errors import InputError
 from generators.base import GeneratorError
 
 

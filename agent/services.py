@@ -1,25 +1,30 @@
 """The long-lived things a graph needs: LLM clients, the generator, the research tools.
 
-They are created lazily (the first node that needs one pays for it) and closed once by
+They are created lazily (the first stage that needs one pays for it) and closed once by
 `aclose()`, so building a graph is cheap and `langgraph.json` can import it without loading a
-diffusion model or starting a llama.cpp server.
+diffusion model or starting a llama.cpp server. `warm_up()` starts the slow ones (the embedded
+LLM server, the in-process pipeline) in the background the moment a run begins, so they load
+while intake, analysis and research run; a failure there surfaces in the stage that needs the
+component, with the same message it would have had without warm-up.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from langchain_core.messages import BaseMessage
 from langchain_openai import ChatOpenAI
 from pydantic import BaseModel
 
 from agent.embedded_llm import EmbeddedLLMServer
-from agent.errors import GroundworkError
-from agent.llm import Method, make_chat_model, structured_call
-from agent.settings import Settings, Stage
-from generators.artifacts import ArtifactStore
+from agent.llm import LLMObserver, Method, make_chat_model, structured_call
+from agent.settings import ROLES, Role, Settings
+from agent.trace import Tracer
+from core.artifacts import ArtifactStore
+from core.errors import GroundworkError
 
 if TYPE_CHECKING:
     from generators.base import Generator
@@ -34,29 +39,60 @@ class Services:
         self.settings = settings
         self.store = ArtifactStore.from_settings(settings.artifacts)
         self._embedded: EmbeddedLLMServer | None = None
-        self._embedded_lock = asyncio.Lock()
+        self._embedded_task: asyncio.Task[EmbeddedLLMServer] | None = None
         self._generator: Generator | None = None
+        self._generator_warm: asyncio.Task[Any] | None = None
         self._toolkit: Toolkit | None = None
 
+    # -- warm-up ------------------------------------------------------------------------------
+    def warm_up(self, settings: Settings | None = None) -> None:
+        """Start what is slow to start, in the background; idempotent and never raises here."""
+        settings = settings or self.settings
+        if not settings.llm.base_url:
+            self._embedded_start(settings)
+        if settings.generator.backend == "inprocess":
+            generator = self.generator()
+            warm = getattr(generator, "warm", None)
+            if warm is not None and self._generator_warm is None:
+                self._generator_warm = asyncio.ensure_future(warm())
+                self._generator_warm.add_done_callback(_swallow_here)
+
     # -- LLMs ---------------------------------------------------------------------------------
-    async def _text_base_url(self, settings: Settings) -> tuple[str, str | None]:
-        """(base_url, forced model name): the embedded server serves one model, whatever asked."""
-        if settings.llm.base_url:
-            return settings.llm.base_url, None
-        async with self._embedded_lock:
-            if self._embedded is None:
-                server = EmbeddedLLMServer(
-                    settings.llm.embedded_gguf,
-                    n_ctx=settings.llm.embedded_ctx,
-                    n_ubatch=settings.llm.embedded_ubatch,
-                    timeout_s=settings.llm.embedded_startup_timeout_s,
-                )
+    def _embedded_start(self, settings: Settings) -> asyncio.Task[EmbeddedLLMServer]:
+        """One start of the embedded server per Services; every caller awaits the same task, so
+        a failed start is reported (with its own message) by whichever stage needs the LLM."""
+        if self._embedded_task is None:
+            server = EmbeddedLLMServer(
+                settings.llm.embedded_gguf,
+                n_ctx=settings.llm.embedded_ctx,
+                n_ubatch=settings.llm.embedded_ubatch,
+                timeout_s=settings.llm.embedded_startup_timeout_s,
+            )
+
+            async def start() -> EmbeddedLLMServer:
                 await asyncio.to_thread(server.start)
                 self._embedded = server
-        return self._embedded.base_url, self._embedded.model_name
+                return server
+
+            self._embedded_task = asyncio.ensure_future(start())
+            self._embedded_task.add_done_callback(_swallow_here)
+        return self._embedded_task
+
+    async def _endpoint(self, role: Role, settings: Settings) -> tuple[str, str, bool]:
+        """(base_url, model, embedded) for a role: the embedded server serves one model."""
+        llm = settings.llm
+        if ROLES[role] == "vision":
+            reason = self.critique_configured(settings)
+            if reason is not None:
+                raise GroundworkError(reason)
+            return str(llm.base_url_for(role)), llm.model_for(role), False
+        if llm.base_url:
+            return llm.base_url, llm.model_for(role), False
+        server = await asyncio.shield(self._embedded_start(settings))
+        return server.base_url, server.model_name, True
 
     def critique_configured(self, settings: Settings) -> str | None:
-        """None when critique can run, else the reason it cannot (shown once to the user)."""
+        """None when the vision roles can run, else the reason they cannot (shown once)."""
         llm = settings.llm
         if not llm.critique_model:
             return (
@@ -71,18 +107,10 @@ class Services:
             )
         return None
 
-    async def chat_model(self, stage: Stage, settings: Settings) -> tuple[ChatOpenAI, Method]:
+    async def chat_model(self, role: Role, settings: Settings) -> tuple[ChatOpenAI, Method]:
+        """The chat client for a role, and how structured output is asked of it."""
         llm = settings.llm
-        if stage == "critique":
-            base_url = llm.critique_base_url or llm.base_url
-            if not base_url or not llm.critique_model:
-                raise GroundworkError(self.critique_configured(settings) or "no critique model")
-            model: str = llm.critique_model
-            embedded = False
-        else:
-            base_url, forced = await self._text_base_url(settings)
-            model = forced or llm.model_for(stage)
-            embedded = forced is not None
+        base_url, model, embedded = await self._endpoint(role, settings)
         method: Method
         if llm.structured_method == "auto":
             method = "json_object" if embedded else "json_schema"
@@ -99,13 +127,34 @@ class Services:
         )
         return chat, method
 
+    def embedded(self, settings: Settings) -> bool:
+        return not settings.llm.base_url
+
     async def structured(
-        self, stage: Stage, schema: type[T], messages: list[BaseMessage], settings: Settings
+        self,
+        role: Role,
+        schema: type[T],
+        messages: list[BaseMessage],
+        settings: Settings,
+        *,
+        observer: LLMObserver | None = None,
     ) -> T:
-        chat, method = await self.chat_model(stage, settings)
+        chat, method = await self.chat_model(role, settings)
         return await structured_call(
-            chat, schema, messages, method=method, max_repairs=settings.llm.max_repairs
+            chat,
+            schema,
+            messages,
+            method=method,
+            max_repairs=settings.llm.max_repairs,
+            observer=observer,
         )
+
+    def tracer(self, thread_id: str) -> Tracer:
+        return Tracer(self.trace_path(thread_id), thread_id=thread_id)
+
+    def trace_path(self, thread_id: str) -> Path:
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in thread_id)[:120]
+        return self.settings.traces_dir.expanduser() / f"{safe or 'thread'}.jsonl"
 
     # -- generator and tools ------------------------------------------------------------------
     def generator(self) -> Generator:
@@ -128,9 +177,22 @@ class Services:
         if self._toolkit is not None:
             await self._toolkit.aclose()
             self._toolkit = None
+        if self._generator_warm is not None and not self._generator_warm.done():
+            self._generator_warm.cancel()
         if self._generator is not None:
             await self._generator.aclose()
             self._generator = None
+        if self._embedded_task is not None and not self._embedded_task.done():
+            # The start runs in a thread that cannot be cancelled: let it finish, then stop it,
+            # so no server is left behind.
+            await asyncio.wait([self._embedded_task])
         if self._embedded is not None:
             self._embedded.stop()
             self._embedded = None
+        self._embedded_task = None
+
+
+def _swallow_here(task: asyncio.Future[Any]) -> None:
+    """A warm-up failure is re-raised where the component is needed; mark it retrieved here."""
+    if not task.cancelled() and task.exception() is not None:
+        log.info("warm-up failed (reported by the stage that needs it): %s", task.exception())

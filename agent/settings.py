@@ -15,11 +15,27 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from generators.settings import ArtifactSettings, GeneratorSettings, QueueSettings
+from core.artifacts import ArtifactSettings
+from generators.settings import GeneratorSettings, QueueSettings
 from retrieval.settings import RetrievalSettings
 from tools.settings import ToolSettings
 
-Stage = Literal["analyze", "synthesize", "critique", "intake"]
+Role = Literal[
+    "intake", "analyze", "clarify", "synthesize", "refine", "policy", "critique", "judge"
+]
+"""Who asks an LLM: each stage's role picks its model and endpoint from one table."""
+
+ROLES: dict[Role, Literal["text", "vision"]] = {
+    "intake": "text",
+    "analyze": "text",
+    "clarify": "text",
+    "synthesize": "text",
+    "refine": "text",
+    "policy": "text",
+    "critique": "vision",
+    "judge": "vision",
+}
+"""Text roles use `base_url` (or the embedded server); vision roles use the critique VLM."""
 
 
 class LLMSettings(BaseModel):
@@ -34,6 +50,14 @@ class LLMSettings(BaseModel):
     model: str = Field(default="default", description="Model name for every text stage.")
     analyze_model: str | None = Field(default=None, description="Model for gap analysis.")
     synthesize_model: str | None = Field(default=None, description="Model for grounded prompts.")
+    policy_model: str | None = Field(
+        default=None, description="Model that drives the react policy's tool loop."
+    )
+    policy_vision: bool = Field(
+        default=False,
+        description="react: the policy model sees image results as images (a VLM policy such "
+        "as Gen-Searcher-8B); off: titles and sources only.",
+    )
     critique_model: str | None = Field(
         default=None,
         description="Vision-language model for critique. None = no critique (the run says so).",
@@ -68,21 +92,67 @@ class LLMSettings(BaseModel):
     )
     embedded_startup_timeout_s: float = Field(default=120.0, gt=0)
 
-    def model_for(self, stage: Stage) -> str:
-        per_stage = {
+    def model_for(self, role: Role) -> str:
+        if ROLES[role] == "vision":
+            return self.critique_model or self.model
+        per_role = {
             "analyze": self.analyze_model,
-            "synthesize": self.synthesize_model,
             "intake": self.analyze_model,
-            "critique": self.critique_model,
-        }[stage]
-        return per_stage or self.model
+            "clarify": self.analyze_model,
+            "synthesize": self.synthesize_model,
+            "refine": self.synthesize_model,
+            "policy": self.policy_model,
+        }[role]
+        return per_role or self.model
+
+    def base_url_for(self, role: Role) -> str | None:
+        """None = the embedded server (text roles only)."""
+        if ROLES[role] == "vision":
+            return self.critique_base_url or self.base_url
+        return self.base_url
 
 
 class AgentSettings(BaseModel):
     max_rounds: int = Field(
-        default=2, ge=1, le=10, description="Critique rounds, the first image included."
+        default=3, ge=1, le=10, description="Critique rounds, the first image included."
+    )
+    candidates: int = Field(
+        default=1,
+        ge=1,
+        le=8,
+        description="Best-of-N: images made per new generation (one batch where the backend "
+        "can); a pairwise VLM judge (CLIP score without a VLM) keeps the best.",
+    )
+    ask_questions: bool = Field(
+        default=True,
+        description="chat: ask one clarifying question when the prompt is ambiguous in a way "
+        "research cannot settle (`groundwork run` never asks).",
+    )
+    layouts: bool = Field(
+        default=True,
+        description="Let synthesis plan regional layouts (a prompt per region) for prompts with "
+        "several subjects, when the generator supports them.",
     )
     max_gaps: int = Field(default=4, ge=0, le=10, description="Knowledge gaps researched.")
+    gap_trust: Literal["auto", "gated", "verbatim"] = Field(
+        default="auto",
+        description="How far the LLM's gaps are trusted. gated: an LLM gap is kept only where "
+        "the rule-based finder also flags its words (right for weak models); verbatim: any LLM "
+        "gap whose words occur in the prompt is kept, so a strong model may flag implicit "
+        "knowledge made of common words; auto: gated for the embedded model, verbatim for a "
+        "configured endpoint.",
+    )
+    react_profile: str = Field(
+        default="openai",
+        description="Conversation protocol of the react policy: openai (tool calling) or "
+        "gen-searcher (the trained Gen-Searcher layout).",
+    )
+    react_max_tool_calls: int = Field(
+        default=8, ge=1, le=50, description="react: tool calls before the forced answer."
+    )
+    react_token_budget: int = Field(
+        default=60000, ge=1000, description="react: prompt+completion tokens per run."
+    )
     max_tool_calls: int = Field(
         default=12, ge=0, le=200, description="Tool calls per run (the research budget)."
     )
@@ -118,6 +188,11 @@ class Settings(BaseSettings):
     tools: ToolSettings = Field(default_factory=ToolSettings)
     retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
     runs_dir: Path = Field(default=Path("runs"), description="Where run folders are written.")
+    traces_dir: Path = Field(
+        default=Path(".groundwork/traces"),
+        description="Per-thread trace.jsonl files (every LLM and tool call); copied into run "
+        "folders.",
+    )
     checkpoint_db: Path = Field(
         default=Path(".groundwork/checkpoints.sqlite"),
         description="SQLite file of LangGraph checkpoints (threads resume from here).",

@@ -23,7 +23,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from generators.artifacts import ArtifactStore
+from core.artifacts import ArtifactStore
 from generators.base import GenerationRequest, GeneratorError
 from generators.queue import QueueGenerator
 from generators.redis_server import RedisServer
@@ -45,7 +45,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     artifacts = tmp / "artifacts"
     model: str | None = None
     if args.backend == "diffusers":
-        from generators.tiny import build_tiny_pipeline
+        from tests.support.tiny_pipeline import build_tiny_pipeline
 
         model = str(build_tiny_pipeline(tmp / "tiny"))
     prefix = f"rel{uuid.uuid4().hex[:6]}"

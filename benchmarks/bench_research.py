@@ -6,7 +6,10 @@ seconds before every answer; the search provider (ddgs, faked at its boundary) s
 perceptual de-dup, artifact store, cache. Reported:
 - wall time of the whole research stage (all queries at once) vs the sum of the individual
   calls (each query's own time, and every single search/download) = the concurrency ratio;
-- the same stage again with the cache warm: cache-hit speed-up.
+- the same stage again with the cache warm: cache-hit speed-up;
+- the most full-resolution decoded pixels held at once across all concurrent calls, against
+  the toolkit-wide budget (`--image-px` sets the served images' size, `--pixel-budget` the
+  budget in megapixels): the memory bound holds under the stage's concurrency.
 """
 
 from __future__ import annotations
@@ -23,14 +26,15 @@ from pathlib import Path
 from typing import Any
 
 
-def _image(seed: int) -> bytes:
+def _image(seed: int, side: int = 96) -> bytes:
     from PIL import Image, ImageDraw
 
     rnd = random.Random(seed)
-    im = Image.new("RGB", (96, 72), tuple(rnd.randrange(256) for _ in range(3)))
+    w, h = side, max(8, side * 3 // 4)
+    im = Image.new("RGB", (w, h), tuple(rnd.randrange(256) for _ in range(3)))
     draw = ImageDraw.Draw(im)
     for _ in range(6):
-        x0, y0 = rnd.randrange(80), rnd.randrange(60)
+        x0, y0 = rnd.randrange(max(1, w - 16)), rnd.randrange(max(1, h - 12))
         draw.rectangle(
             (x0, y0, x0 + rnd.randrange(8, 40), y0 + rnd.randrange(8, 30)),
             fill=tuple(rnd.randrange(256) for _ in range(3)),
@@ -71,17 +75,26 @@ async def _stage(kit: Any, queries: list[str], registry: Any) -> tuple[float, li
     return time.perf_counter() - t0, list(obs)
 
 
-async def _bench(n_queries: int, n_images: int, latency: float, search_latency: float) -> None:
+async def _bench(
+    n_queries: int,
+    n_images: int,
+    latency: float,
+    search_latency: float,
+    side: int = 96,
+    budget_mp: float = 120.0,
+) -> None:
     import ddgs
 
-    from generators.artifacts import ArtifactStore
+    from core.artifacts import ArtifactStore
     from tools.observations import ImageRegistry
     from tools.settings import ToolSettings
     from tools.toolkit import Toolkit
 
     queries = [f"query {i}" for i in range(n_queries)]
     images = {
-        f"/q{q}/{i}.png": _image(q * 1000 + i) for q in range(n_queries) for i in range(n_images)
+        f"/q{q}/{i}.png": _image(q * 1000 + i, side)
+        for q in range(n_queries)
+        for i in range(n_images)
     }
     server = _serve(images, latency)
     port = server.server_address[1]
@@ -118,6 +131,7 @@ async def _bench(n_queries: int, n_images: int, latency: float, search_latency: 
                 download_concurrency=64,
                 timeout_s=120,
                 fetch_timeout_s=60,
+                max_decoded_pixels=max(1, int(budget_mp * 1_000_000)),
             )
             kit = Toolkit(settings, ArtifactStore(Path(tmp) / "artifacts"))
             fetch_times: list[float] = []
@@ -141,6 +155,7 @@ async def _bench(n_queries: int, n_images: int, latency: float, search_latency: 
         server.shutdown()
         server.server_close()
 
+    peak, capacity = kit.pixels.peak, kit.pixels.capacity
     kept = sum(len(o.items) for o in cold)
     failed = [o.error for o in cold if not o.ok]
     per_call = sum(o.elapsed_s for o in cold)
@@ -164,6 +179,10 @@ async def _bench(n_queries: int, n_images: int, latency: float, search_latency: 
         f"({sum(o.cached for o in warm)}/{len(warm)} cached) "
         f"-> cache speed-up {cold_wall / max(warm_wall, 1e-6):7.1f}x"
     )
+    print(
+        f"decoded pixels held at once (peak):  {peak / 1e6:8.3f} MP of a {capacity / 1e6:.3f} MP "
+        f"budget ({side}x{max(8, side * 3 // 4)} images, {n_queries * n_images} decodes)"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -173,10 +192,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--images", type=int, default=10)
     parser.add_argument("--latency", type=float, default=0.2, help="seconds per download")
     parser.add_argument("--search-latency", type=float, default=0.3, help="seconds per search")
+    parser.add_argument("--image-px", type=int, default=96, help="width of the served images")
+    parser.add_argument(
+        "--pixel-budget", type=float, default=120.0, help="decoded-pixel budget, megapixels"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.queries, args.images, args.latency = 3, 4, 0.1
-    asyncio.run(_bench(args.queries, args.images, args.latency, args.search_latency))
+    asyncio.run(
+        _bench(
+            args.queries,
+            args.images,
+            args.latency,
+            args.search_latency,
+            args.image_px,
+            args.pixel_budget,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -299,7 +299,7 @@ def bench_embedders(quick: bool) -> None:
     from PIL import Image
 
     from retrieval.embedders import create_embedder
-    from retrieval.tiny import register_tiny_clip
+    from tests.support.tiny_clip import register_tiny_clip
 
     print(f"\n== embedding throughput (CPU, torch threads={torch.get_num_threads()}) ==")
     n_img, n_txt = (64, 128) if quick else (256, 1024)

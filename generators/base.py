@@ -9,22 +9,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
-from typing import Literal, Protocol, runtime_checkable
+from collections.abc import Callable, Sequence
+from typing import ClassVar, Literal, Protocol, runtime_checkable
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
+
+from core.artifacts import ArtifactRef
+from core.errors import GroundworkError
+from generators.layout import RegionalLayout
 
 GenerationMode = Literal["text2img", "img2img", "inpaint"]
 
-
-class ArtifactRef(BaseModel):
-    """A pointer to bytes in the artifact store (content addressed by sha256)."""
-
-    sha256: str = Field(description="Hex sha256 of the stored bytes; the artifact's identity.")
-    uri: str = Field(description="Where the bytes can be read, e.g. file:///.../ab/cd/abcd....png")
-    media_type: str = Field(default="image/png")
-    width: int | None = None
-    height: int | None = None
+ReferenceHow = Literal["ip_adapter", "img2img_init", "edit_image", "none"]
+"""How a reference image's pixels reached the generator (none: they did not)."""
 
 
 class GenerationRequest(BaseModel):
@@ -50,11 +47,28 @@ class GenerationRequest(BaseModel):
         default_factory=list, description="sha256s of reference images (IP-Adapter when set up)."
     )
     scheduler: str | None = None
+    layout: RegionalLayout | None = Field(
+        default=None,
+        description="Regions with their own prompts (generators.layout); None = one prompt.",
+    )
 
     def idempotency_key(self) -> str:
         """Same request, same key: used to return a stored result instead of generating twice."""
-        payload = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        data = self.model_dump(mode="json")
+        if data.get("layout") is None:
+            data.pop("layout", None)  # keys of requests without a layout stay what they were
+        payload = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(payload.encode()).hexdigest()
+
+
+class ReferenceUse(BaseModel):
+    """What became of one reference image of a request: used is True only when its pixels
+    conditioned the image; `why` says how, or why not (and how to fix it)."""
+
+    sha256: str
+    used: bool
+    how: ReferenceHow = "none"
+    why: str = ""
 
 
 class GenerationResult(BaseModel):
@@ -69,9 +83,21 @@ class GenerationResult(BaseModel):
         default=False, description="True when an identical earlier result was reused."
     )
     references_used: int = Field(
-        default=0, description="Reference images that conditioned the image (IP-Adapter)."
+        default=0,
+        description="Reference images that conditioned the image; when `references` is given "
+        "it is the number of them with used=True.",
+    )
+    references: list[ReferenceUse] = Field(
+        default_factory=list,
+        description="One entry per reference image of the request, in request order.",
     )
     job_id: str | None = Field(default=None, description="Queue job id when made by a worker.")
+
+    @model_validator(mode="after")
+    def _count_used(self) -> GenerationResult:
+        if self.references:
+            self.references_used = sum(r.used for r in self.references)
+        return self
 
 
 ProgressCallback = Callable[[int, int], None]
@@ -89,8 +115,33 @@ class Generator(Protocol):
     async def aclose(self) -> None: ...
 
 
-class GeneratorError(RuntimeError):
+async def generate_many(
+    generator: Generator,
+    request: GenerationRequest,
+    seeds: Sequence[int],
+    on_progress: ProgressCallback | None = None,
+) -> list[GenerationResult]:
+    """The same request with each of `seeds` (best-of-N), one result per seed, in order.
+
+    A generator with its own `generate_many` (the diffusers backend: one batched pipeline call)
+    does it at once; any other `Generator` (the queue client, noop) gets one `generate` per
+    seed, one after the other. Each result equals what `generate(request with that seed)` gives.
+    """
+    own = getattr(generator, "generate_many", None)
+    if own is not None:
+        results: list[GenerationResult] = await own(request, list(seeds), on_progress)
+        return results
+    return [
+        await generator.generate(request.model_copy(update={"seed": s}), on_progress) for s in seeds
+    ]
+
+
+class GeneratorError(GroundworkError):
     """A generation failed for a reason the user can act on (message says what and how)."""
+
+    retryable: ClassVar[bool] = True
+    """False when running the same request again cannot succeed: a queue worker dead-letters
+    such a job at once instead of spending its retries (and GPU time) on it."""
 
 
 class GenerationCancelled(GeneratorError):
@@ -99,3 +150,10 @@ class GenerationCancelled(GeneratorError):
 
 class ModelNotFoundError(GeneratorError):
     """The requested model is neither a local folder nor available from the hub cache/network."""
+
+    retryable: ClassVar[bool] = False
+
+
+class JobLostError(GeneratorError):
+    """A queued or running job vanished from Redis (restarted without persistence, or flushed):
+    nobody will finish it, so its client is told at once instead of waiting out the timeout."""

@@ -1,9 +1,10 @@
 """The in-process generator: one resident diffusers pipeline behind the `Generator` protocol.
 
 Loading a diffusion model takes seconds to minutes and gigabytes of GPU memory, so the pipeline
-is loaded once (lazily, on the first request or `warmup()`) and kept. img2img and inpainting
-reuse the same weights through `from_pipe`. The pipeline call blocks, so it runs in a worker
-thread; a lock keeps it to one call at a time because a pipeline object is not re-entrant.
+is loaded once (lazily on the first request, or in the background from `warm()`) and kept.
+img2img and inpainting reuse the same weights through `from_pipe`. The pipeline call blocks, so
+it runs in a worker thread; a lock keeps it to one call at a time because a pipeline object is
+not re-entrant.
 
 torch and diffusers are imported inside functions: `check_model_available` is the CLI's
 pre-flight and must answer in milliseconds without them.
@@ -12,6 +13,8 @@ pre-flight and must answer in milliseconds without them.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import functools
 import logging
 import os
@@ -23,7 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from generators.artifacts import ArtifactNotFound, ArtifactStore
+from core.artifacts import ArtifactNotFound, ArtifactStore
+from core.device import resolve_device, resolve_dtype
 from generators.base import (
     GenerationCancelled,
     GenerationRequest,
@@ -31,8 +35,14 @@ from generators.base import (
     GeneratorError,
     ModelNotFoundError,
     ProgressCallback,
+    ReferenceUse,
 )
 from generators.batching import batch_key, snap_size
+from generators.capabilities import GeneratorCapabilities, describe, static_capabilities
+from generators.families import IP_ADAPTER_MAX_IMAGES, ModelInfo, info_from_pipeline, model_info
+from generators.ip_adapter import ip_adapter_plan, load_ip_adapter
+from generators.prompt_budget import PromptBudget
+from generators.regional import check_regional, regional_unet
 from generators.settings import GeneratorSettings
 
 if TYPE_CHECKING:
@@ -99,8 +109,9 @@ def resolve_model(model: str, *, local_files_only: bool) -> ResolvedModel:
         if not folder.is_dir():
             raise ModelNotFoundError(
                 f"generator model folder {folder} does not exist; fix: point {_FIX_ENV} at a "
-                "folder written by pipe.save_pretrained() (or `python -m generators.tiny "
-                f"{folder}` for a tiny test pipeline), or use a hub id like stabilityai/sd-turbo"
+                "folder written by pipe.save_pretrained() (or `python -m "
+                f"tests.support.tiny_pipeline {folder}` for a tiny test pipeline), or use a hub "
+                "id like stabilityai/sd-turbo"
             )
         if not (folder / "model_index.json").is_file():
             raise ModelNotFoundError(
@@ -168,42 +179,6 @@ def check_model_available(model: str, *, local_files_only: bool) -> None:
     resolve_model(model, local_files_only=local_files_only)
 
 
-def resolve_device(setting: str) -> str:
-    """auto = cuda > mps > cpu; an explicit device that is not there is an error, not a fallback."""
-    import torch
-
-    if setting == "auto":
-        if torch.cuda.is_available():
-            return "cuda"
-        mps = getattr(torch.backends, "mps", None)
-        if mps is not None and mps.is_available():
-            return "mps"
-        return "cpu"
-    if setting.startswith("cuda") and not torch.cuda.is_available():
-        raise GeneratorError(
-            f"generator device {setting!r} requested but torch sees no CUDA GPU (torch "
-            f"{torch.__version__}, CUDA build {torch.version.cuda}); fix: set "
-            "GROUNDWORK_GENERATOR__DEVICE=auto or cpu, or install a CUDA build of torch"
-        )
-    return setting
-
-
-def resolve_dtype(setting: str, device: str) -> torch.dtype:
-    """auto: bfloat16 on CUDA GPUs that support it (no fp16 VAE overflow), else float16 on
-    CUDA/MPS, float32 on CPU (half precision on CPU is slow or unsupported)."""
-    import torch
-
-    if setting != "auto":
-        return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[
-            setting
-        ]
-    if device.startswith("cuda"):
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device == "mps":
-        return torch.float16
-    return torch.float32
-
-
 def _dtype_kwarg(dtype: torch.dtype) -> dict[str, Any]:
     """diffusers renamed torch_dtype to dtype (and warns on the old name); support both."""
     from diffusers.utils import deprecation_utils
@@ -230,13 +205,17 @@ class _Loaded:
     pipe: Any
     device: str
     dtype: str
-    ip_adapter: bool
     default_scheduler: Any
+    info: ModelInfo
+    ip_adapter: bool = False
+    ip_why: str = ""
     modes: dict[str, Any] = field(default_factory=dict)
     schedulers: dict[str, Any] = field(default_factory=dict)
+    budget: PromptBudget | None = None
 
     def for_mode(self, mode: str) -> Any:
-        if mode == "text2img":
+        # An editing pipeline (Kontext, Qwen-Image-Edit) edits its input image itself.
+        if mode == "text2img" or (mode == "img2img" and self.info.edit is not None):
             return self.pipe
         if mode not in self.modes:
             from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting
@@ -262,15 +241,26 @@ class _Loaded:
         return self.schedulers[name]
 
 
+def _first_line(e: BaseException) -> str:
+    return str(e).splitlines()[0] if str(e) else ""
+
+
 class DiffusersGenerator:
-    """A `Generator` running a diffusers pipeline in this process (CPU, CUDA or MPS)."""
+    """A `Generator` running a diffusers pipeline in this process (CPU, CUDA or MPS).
+
+    Beyond the protocol: `warm()` (load in the background), `generate_many()` (best-of-N in
+    one call), `capabilities()`, `prompt_budget()`, and `loads` (pipelines loaded so far).
+    """
 
     def __init__(self, settings: GeneratorSettings, store: ArtifactStore) -> None:
         self.settings = settings
         self.store = store
+        self.loads = 0
         self._loaded: _Loaded | None = None
         self._lock = threading.Lock()
         self._closed = False
+        self._warming: dict[str, concurrent.futures.Future[None]] = {}
+        self._loader: concurrent.futures.ThreadPoolExecutor | None = None
 
     # -- loading -------------------------------------------------------------------------
 
@@ -279,24 +269,45 @@ class DiffusersGenerator:
         return self._loaded.device if self._loaded else None
 
     def _load(self, model: str) -> _Loaded:
-        """Called with the lock held. Replaces a different resident model (one fits in VRAM)."""
+        """Called with the lock held. Replaces a different resident model (one fits in VRAM).
+
+        Any failure is one `GeneratorError` line (ModelNotFoundError for missing files).
+        """
         if self._loaded is not None and self._loaded.model == model:
             return self._loaded
         resolved = resolve_model(model, local_files_only=self.settings.local_files_only)
+        device = resolve_device(self.settings.device)
+        try:
+            return self._load_resolved(model, resolved, device)
+        except GeneratorError:
+            raise
+        except Exception as e:
+            # CUDA OOM in .to(device), a broken config...: one line for the job and the CLI.
+            raise GeneratorError(
+                f"loading generator model {model!r} on {device} failed: "
+                f"{type(e).__name__}: {_first_line(e)}"
+            ) from e
+
+    def _load_resolved(self, model: str, resolved: ResolvedModel, device: str) -> _Loaded:
         import torch
-        from diffusers import AutoPipelineForText2Image
+        from diffusers import AutoPipelineForText2Image, DiffusionPipeline
 
         if self._loaded is not None:
             log.info("unloading %s to load %s", self._loaded.model, model)
             self._loaded = None
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-        device = resolve_device(self.settings.device)
         dtype = resolve_dtype(self.settings.dtype, device)
         source = resolved.location if resolved.source == "folder" else model
+        static = model_info(resolved.location if resolved.source == "folder" else model)
+        # AutoPipelineForText2Image has no entry for editing pipelines (Qwen-Image-Edit):
+        # load those as the class their model_index.json names.
+        loader = (
+            DiffusionPipeline if static is not None and static.edit else AutoPipelineForText2Image
+        )
         t0 = time.perf_counter()
         try:
-            pipe = AutoPipelineForText2Image.from_pretrained(
+            pipe = loader.from_pretrained(
                 source,
                 local_files_only=resolved.source != "hub",
                 **_dtype_kwarg(dtype),
@@ -304,16 +315,17 @@ class DiffusersGenerator:
         except (OSError, ValueError) as e:
             raise ModelNotFoundError(
                 f"could not load generator model {model!r} from {resolved.location} "
-                f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); fix: "
-                f"re-download it with `hf download {model}` or set {_FIX_ENV} to a complete "
-                "pipeline folder"
+                f"({type(e).__name__}: {_first_line(e)}); fix: re-download it with "
+                f"`hf download {model}` or set {_FIX_ENV} to a complete pipeline folder"
             ) from e
+        self.loads += 1
         pipe = pipe.to(device)
         pipe.set_progress_bar_config(disable=True)
-        ip = False
-        if self.settings.ip_adapter:
-            self._load_ip_adapter(pipe)
-            ip = True
+        info = info_from_pipeline(pipe)
+        plan = ip_adapter_plan(self.settings, info)
+        ip, ip_why = load_ip_adapter(pipe, plan, self.settings)
+        if self.settings.ip_adapter and not ip and info.edit is None:
+            log.warning("reference images will not be used: %s", ip_why)
         if self.settings.compile:
             self._compile(pipe)
         loaded = _Loaded(
@@ -321,41 +333,25 @@ class DiffusersGenerator:
             pipe=pipe,
             device=device,
             dtype=str(dtype).removeprefix("torch."),
-            ip_adapter=ip,
             default_scheduler=pipe.scheduler,
+            info=info,
+            ip_adapter=ip,
+            ip_why=ip_why,
         )
         if self.settings.scheduler:
             pipe.scheduler = loaded.scheduler(self.settings.scheduler)
             loaded.default_scheduler = pipe.scheduler
         log.info(
-            "loaded %s (%s) on %s as %s in %.1fs",
+            "loaded %s (%s, %s) on %s as %s in %.1fs",
             model,
             resolved.source,
+            info.family,
             device,
             loaded.dtype,
             time.perf_counter() - t0,
         )
         self._loaded = loaded
         return loaded
-
-    def _load_ip_adapter(self, pipe: Any) -> None:
-        s = self.settings
-        assert s.ip_adapter is not None
-        try:
-            pipe.load_ip_adapter(
-                s.ip_adapter,
-                subfolder=s.ip_adapter_subfolder,
-                weight_name=s.ip_adapter_weight_name,
-                local_files_only=s.local_files_only or _offline(False),
-            )
-        except (OSError, ValueError) as e:
-            raise ModelNotFoundError(
-                f"IP-Adapter {s.ip_adapter!r} ({s.ip_adapter_subfolder}/"
-                f"{s.ip_adapter_weight_name}) could not be loaded ({type(e).__name__}: "
-                f"{str(e).splitlines()[0] if str(e) else ''}); fix: `hf download {s.ip_adapter}` "
-                "or unset GROUNDWORK_GENERATOR__IP_ADAPTER"
-            ) from e
-        pipe.set_ip_adapter_scale(s.ip_adapter_scale)
 
     def _compile(self, pipe: Any) -> None:
         import torch
@@ -365,6 +361,49 @@ class DiffusersGenerator:
             if module is not None:
                 setattr(pipe, name, torch.compile(module, mode=self.settings.compile_mode))
                 log.info("torch.compile(%s, mode=%s)", name, self.settings.compile_mode)
+
+    async def warm(self, model: str | None = None, *, wait: bool = False) -> None:
+        """Start loading `model` (None = the default) in a background thread and return.
+
+        Idempotent: a load in progress or done is not started again. `generate` awaits the
+        same load; if it failed, the first `generate` that needs the model raises that same
+        one-line `GeneratorError` (a later one tries again). `wait=True` returns only when the
+        load is over (raising its error).
+        """
+        name = model or self.settings.model
+        future = self._start_load(name)
+        if wait and future is not None:
+            await self._await_load(name)
+
+    def _start_load(self, model: str) -> concurrent.futures.Future[None] | None:
+        if self._loaded is not None and self._loaded.model == model:
+            return None
+        future = self._warming.get(model)
+        if future is not None and (not future.done() or future.exception() is not None):
+            return future  # running, or failed and not yet reported
+        if self._loader is None:
+            self._loader = concurrent.futures.ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="groundwork-load"
+            )
+
+        def load() -> None:
+            self._locked(lambda: self._load(model))
+
+        future = self._loader.submit(load)
+        self._warming[model] = future
+        return future
+
+    async def _await_load(self, model: str) -> None:
+        """Wait for a background load of `model`, if one was started; re-raise its error once."""
+        future = self._warming.get(model)
+        if future is None:
+            return
+        try:
+            await asyncio.wrap_future(future)
+        except GeneratorError:
+            if self._warming.get(model) is future:
+                del self._warming[model]
+            raise
 
     async def warmup(self) -> float:
         """Load the default model and make one image at the default size; returns seconds.
@@ -379,7 +418,7 @@ class DiffusersGenerator:
                 GenerationRequest(prompt="warm-up", width=s.width, height=s.height, seed=0)
             )
         else:
-            await asyncio.to_thread(self._locked, lambda: self._load(s.model))
+            await self.warm(wait=True)
         return time.perf_counter() - t0
 
     def _locked(self, fn: Callable[[], Any]) -> Any:
@@ -387,6 +426,50 @@ class DiffusersGenerator:
             if self._closed:
                 raise GeneratorError("generator is closed")
             return fn()
+
+    # -- what the model can do -----------------------------------------------------------
+
+    async def capabilities(self, model: str | None = None) -> GeneratorCapabilities:
+        """What `model` (None = the default) can do; from the loaded pipeline when resident,
+        else from its configs and tokenizer files (nothing is loaded)."""
+        name = model or self.settings.model
+        loaded = self._loaded
+        if loaded is not None and loaded.model == name:
+            try:
+                budget, why = self._budget(loaded), ""
+            except GeneratorError as e:
+                budget, why = None, str(e)
+            return describe(
+                name,
+                loaded.info,
+                ip_adapter=(loaded.ip_adapter, loaded.ip_why),
+                budget=budget,
+                budget_why=why,
+                batched_seeds=True,
+            )
+        caps = await asyncio.to_thread(static_capabilities, name, self.settings)
+        return caps.model_copy(update={"batched_seeds": True})
+
+    def prompt_budget(self, model: str | None = None) -> PromptBudget:
+        """The token budget of `model`'s text encoder(s), counted with its own tokenizer(s)."""
+        name = model or self.settings.model
+        loaded = self._loaded
+        if loaded is not None and loaded.model == name:
+            return self._budget(loaded)
+        return PromptBudget.from_model(
+            name, local_files_only=True if self.settings.local_files_only else None
+        )
+
+    @staticmethod
+    def _budget(loaded: _Loaded) -> PromptBudget:
+        if loaded.budget is None:
+            try:
+                loaded.budget = PromptBudget.from_pipeline(loaded.pipe, model=loaded.model)
+            except ValueError as e:
+                raise GeneratorError(
+                    f"{loaded.model!r} has no tokenizer to count with ({e})"
+                ) from e
+        return loaded.budget
 
     # -- generation ----------------------------------------------------------------------
 
@@ -399,6 +482,45 @@ class DiffusersGenerator:
     ) -> GenerationResult:
         results = await self.generate_batch([request], [on_progress], should_cancel=should_cancel)
         return results[0]
+
+    async def generate_many(
+        self,
+        request: GenerationRequest,
+        seeds: Sequence[int],
+        on_progress: ProgressCallback | None = None,
+        *,
+        should_cancel: Callable[[], bool] | None = None,
+    ) -> list[GenerationResult]:
+        """Best-of-N: `request` once per seed, as one pipeline call (`num_images_per_prompt`
+        with one torch.Generator per seed), in chunks of `max_batch_size`.
+
+        Result i is what `generate(request with seeds[i])` makes (bit-identical on CPU), with
+        its own seed and request key, so the store and the queue's cache agree.
+        """
+        if not seeds:
+            return []
+        model = request.model or self.settings.model
+        await self._await_load(model)
+        cb = self._threadsafe(asyncio.get_running_loop(), on_progress)
+        out: list[GenerationResult] = []
+        size = self.settings.max_batch_size
+        for i in range(0, len(seeds), size):
+            chunk = list(seeds[i : i + size])
+            run = functools.partial(self._run, [request], [cb], should_cancel, chunk)
+            out.extend(await asyncio.to_thread(self._locked, run))
+        return out
+
+    @staticmethod
+    def _threadsafe(
+        loop: asyncio.AbstractEventLoop, cb: ProgressCallback | None
+    ) -> ProgressCallback | None:
+        if cb is None:
+            return None
+
+        def call(step: int, total: int) -> None:
+            loop.call_soon_threadsafe(cb, step, total)
+
+        return call
 
     async def generate_batch(
         self,
@@ -416,21 +538,12 @@ class DiffusersGenerator:
             return []
         callbacks = list(on_progress) if on_progress is not None else [None] * len(requests)
         loop = asyncio.get_running_loop()
-
-        def threadsafe(cb: ProgressCallback | None) -> ProgressCallback | None:
-            if cb is None:
-                return None
-
-            def call(step: int, total: int) -> None:
-                loop.call_soon_threadsafe(cb, step, total)
-
-            return call
-
         groups: list[list[int]] = []
         by_key: dict[tuple[object, ...], list[int]] = {}
         for i, r in enumerate(requests):
-            # IP-Adapter embeddings are per adapter, not per prompt: never batch with one.
-            key = None if self.settings.ip_adapter else batch_key(r, self.settings.model)
+            # IP-Adapter embeddings are per adapter and layouts per request: never batch those.
+            alone = bool(self.settings.ip_adapter) or r.layout is not None
+            key = None if alone else batch_key(r, self.settings.model)
             if key is None:
                 groups.append([i])
             elif key in by_key and len(by_key[key]) < self.settings.max_batch_size:
@@ -441,14 +554,17 @@ class DiffusersGenerator:
         out: list[GenerationResult | None] = [None] * len(requests)
         for group in groups:
             reqs = [requests[i] for i in group]
-            cbs = [threadsafe(callbacks[i]) for i in group]
-            run = functools.partial(self._run, reqs, cbs, should_cancel)
+            await self._await_load(reqs[0].model or self.settings.model)
+            cbs = [self._threadsafe(loop, callbacks[i]) for i in group]
+            run = functools.partial(self._run, reqs, cbs, should_cancel, None)
             results = await asyncio.to_thread(self._locked, run)
             for i, res in zip(group, results, strict=True):
                 out[i] = res
         return [r for r in out if r is not None]
 
-    def _image(self, sha: str, what: str, size: tuple[int, int], mode: str = "RGB") -> Image.Image:
+    def _image(
+        self, sha: str, what: str, size: tuple[int, int] | None, mode: str = "RGB"
+    ) -> Image.Image:
         try:
             im = self.store.open_image(sha)
         except ArtifactNotFound as e:
@@ -457,21 +573,125 @@ class DiffusersGenerator:
                 "first (ArtifactStore.put_image) on a volume this generator mounts"
             ) from e
         im = im.convert(mode)
-        return im if im.size == size else im.resize(size)
+        return im if size is None or im.size == size else im.resize(size)
+
+    def _references(
+        self, loaded: _Loaded, pipe: Any, request: GenerationRequest, kwargs: dict[str, Any]
+    ) -> list[ReferenceUse]:
+        """Put the request's reference images (in order) into `kwargs`; say what became of each.
+
+        Editing pipelines get them as their `image` list (after the image being edited, in
+        img2img), IP-Adapter pipelines as `ip_adapter_image`; otherwise none is used. A
+        reference that is also the init image of an edit reached the model that way.
+        """
+        shas = request.reference_images
+        uses: list[ReferenceUse] = []
+        edit = loaded.info.edit
+        if edit is not None and request.mode == "inpaint":
+            # The inpaint variant's `image` is the picture being repainted.
+            why = f"inpainting with {loaded.info.pipeline_class} takes no reference images"
+            uses = [ReferenceUse(sha256=s, used=False, why=why) for s in shas]
+        elif edit is not None:
+            first: list[Image.Image] = []
+            if request.mode == "img2img" and request.init_image is not None:
+                first = [self._image(request.init_image, "init_image", None)]
+            room = max(0, edit.max_images - len(first))
+            images = first + [self._image(s, "reference image", None) for s in shas[:room]]
+            if images:
+                kwargs["image"] = images if edit.takes_list else images[0]
+            for i, sha in enumerate(shas):
+                if i < room:
+                    pos = len(first) + i + 1
+                    uses.append(
+                        ReferenceUse(
+                            sha256=sha,
+                            used=True,
+                            how="edit_image",
+                            why=f"image {pos} of {len(images)} in {loaded.info.pipeline_class}'s "
+                            "`image` input",
+                        )
+                    )
+                else:
+                    uses.append(
+                        ReferenceUse(
+                            sha256=sha,
+                            used=False,
+                            why=f"{loaded.info.pipeline_class} takes at most {edit.max_images} "
+                            f"image(s); reference {i + 1} was left out",
+                        )
+                    )
+        elif loaded.ip_adapter:
+            scale = self.settings.ip_adapter_scale
+            take = shas[:IP_ADAPTER_MAX_IMAGES]
+            if take:
+                kwargs["ip_adapter_image"] = [
+                    [self._image(s, "reference image", (224, 224)) for s in take]
+                ]
+                pipe.set_ip_adapter_scale(scale)
+            else:
+                from PIL import Image
+
+                # A loaded adapter always needs an image; scale 0 makes it a no-op.
+                kwargs["ip_adapter_image"] = [Image.new("RGB", (224, 224))]
+                pipe.set_ip_adapter_scale(0.0)
+            for i, sha in enumerate(shas):
+                if i >= IP_ADAPTER_MAX_IMAGES:
+                    uses.append(
+                        ReferenceUse(
+                            sha256=sha,
+                            used=False,
+                            why=f"IP-Adapter takes at most {IP_ADAPTER_MAX_IMAGES} images; "
+                            f"reference {i + 1} was left out",
+                        )
+                    )
+                elif scale <= 0:
+                    uses.append(ReferenceUse(sha256=sha, used=False, why="ip_adapter_scale is 0"))
+                else:
+                    uses.append(
+                        ReferenceUse(
+                            sha256=sha,
+                            used=True,
+                            how="ip_adapter",
+                            why=f"IP-Adapter image {i + 1} of {len(take)} (scale {scale})",
+                        )
+                    )
+        else:
+            uses = [ReferenceUse(sha256=s, used=False, why=loaded.ip_why) for s in shas]
+            if shas:
+                log.warning("%d reference image(s) not used: %s", len(shas), loaded.ip_why)
+        if request.mode != "text2img" and request.init_image is not None:
+            uses = [
+                u.model_copy(
+                    update={
+                        "used": True,
+                        "how": "img2img_init",
+                        "why": f"it is the init image of this {request.mode} request",
+                    }
+                )
+                if not u.used and u.sha256 == request.init_image
+                else u
+                for u in uses
+            ]
+        return uses
 
     def _run(
         self,
         requests: list[GenerationRequest],
         callbacks: list[ProgressCallback | None],
         should_cancel: Callable[[], bool] | None,
+        seeds: list[int] | None = None,
     ) -> list[GenerationResult]:
-        """Runs in a worker thread with the lock held."""
+        """Runs in a worker thread with the lock held.
+
+        `seeds` (one request only): best-of-N, `num_images_per_prompt=len(seeds)`.
+        """
         import torch
 
         first = requests[0]
         model = first.model or self.settings.model
         loaded = self._load(model)
         pipe = loaded.for_mode(first.mode)
+        edit = loaded.info.edit is not None
         width, height = snap_size(first.width, first.height, self.settings.size_buckets)
         steps = first.steps or self.settings.steps
         guidance = (
@@ -480,18 +700,26 @@ class DiffusersGenerator:
             else self.settings.guidance_scale
         )
         gen_device = "cpu" if loaded.device == "mps" else loaded.device
-        generators = [torch.Generator(gen_device).manual_seed(r.seed) for r in requests]
+        all_seeds = seeds if seeds is not None else [r.seed for r in requests]
+        generators = [torch.Generator(gen_device).manual_seed(s) for s in all_seeds]
         kwargs: dict[str, Any] = {
-            "prompt": [r.prompt for r in requests],
+            "prompt": [
+                r.layout.base_prompt if r.layout and r.layout.base_prompt else r.prompt
+                for r in requests
+            ],
             "num_inference_steps": steps,
             "guidance_scale": guidance,
             "generator": generators if len(generators) > 1 else generators[0],
             "output_type": "pil",
         }
+        if seeds is not None and len(seeds) > 1:
+            kwargs["num_images_per_prompt"] = len(seeds)
         if any(r.negative_prompt for r in requests):
             kwargs["negative_prompt"] = [r.negative_prompt for r in requests]
-        if first.mode == "text2img":
+        if first.mode == "text2img" or (edit and first.mode == "img2img"):
             kwargs.update(width=width, height=height)
+            if first.mode == "img2img" and first.init_image is None:
+                raise GeneratorError("mode img2img needs init_image (sha256 of the image to edit)")
         else:
             if first.init_image is None:
                 raise GeneratorError(
@@ -506,28 +734,7 @@ class DiffusersGenerator:
                     first.mask_image, "mask_image", (width, height), "L"
                 )
                 kwargs.update(width=width, height=height)
-        references = 0
-        if loaded.ip_adapter:
-            if first.reference_images:
-                refs = [
-                    self._image(sha, "reference image", (224, 224))
-                    for sha in first.reference_images
-                ]
-                kwargs["ip_adapter_image"] = [refs]
-                pipe.set_ip_adapter_scale(self.settings.ip_adapter_scale)
-                references = len(refs)
-            else:
-                from PIL import Image
-
-                # A loaded adapter always needs an image; scale 0 makes it a no-op.
-                kwargs["ip_adapter_image"] = [Image.new("RGB", (224, 224))]
-                pipe.set_ip_adapter_scale(0.0)
-        elif first.reference_images:
-            log.warning(
-                "%d reference image(s) ignored: no IP-Adapter configured "
-                "(set GROUNDWORK_GENERATOR__IP_ADAPTER, e.g. h94/IP-Adapter)",
-                len(first.reference_images),
-            )
+        references = self._references(loaded, pipe, first, kwargs)
 
         def on_step_end(
             p: Any, step: int, timestep: Any, cb_kwargs: dict[str, Any]
@@ -541,10 +748,15 @@ class DiffusersGenerator:
             return cb_kwargs
 
         kwargs["callback_on_step_end"] = on_step_end
+        if first.layout is not None:
+            check_regional(pipe, model)
         pipe.scheduler = loaded.scheduler(first.scheduler)
         t0 = time.perf_counter()
         try:
-            images = pipe(**kwargs).images
+            with contextlib.ExitStack() as stack:
+                if first.layout is not None:
+                    stack.enter_context(regional_unet(pipe, first.layout, loaded.device))
+                images = pipe(**kwargs).images
         except GeneratorError:
             raise
         except Exception as e:
@@ -552,7 +764,7 @@ class DiffusersGenerator:
             # context; the original stays chained for the log.
             raise GeneratorError(
                 f"{first.mode} with {model!r} on {loaded.device} failed: "
-                f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                f"{type(e).__name__}: {_first_line(e)}"
             ) from e
         finally:
             pipe.scheduler = loaded.default_scheduler
@@ -560,8 +772,11 @@ class DiffusersGenerator:
         sched_name = (
             first.scheduler or self.settings.scheduler or type(loaded.default_scheduler).__name__
         )
+        made = (
+            [first.model_copy(update={"seed": s}) for s in seeds] if seeds is not None else requests
+        )
         results = []
-        for r, image in zip(requests, images, strict=True):
+        for r, image in zip(made, images, strict=True):
             ref = self.store.put_image(
                 image,
                 {
@@ -577,7 +792,9 @@ class DiffusersGenerator:
                     "init_image": r.init_image,
                     "mask_image": r.mask_image,
                     "reference_images": r.reference_images,
-                    "references_used": references,
+                    "references_used": sum(u.used for u in references),
+                    "references": [u.model_dump() for u in references],
+                    "layout": r.layout.model_dump() if r.layout is not None else None,
                     "request_key": r.idempotency_key(),
                     "device": loaded.device,
                     "dtype": loaded.dtype,
@@ -593,7 +810,7 @@ class DiffusersGenerator:
                     steps=steps,
                     device=loaded.device,
                     elapsed_s=elapsed,
-                    references_used=references,
+                    references=references,
                 )
             )
         return results
@@ -604,4 +821,6 @@ class DiffusersGenerator:
                 self._closed = True
                 self._loaded = None
 
+        if self._loader is not None:
+            self._loader.shutdown(wait=False, cancel_futures=True)
         await asyncio.to_thread(close)

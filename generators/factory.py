@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from generators.artifacts import ArtifactStore
+from core.artifacts import ArtifactStore
 from generators.base import Generator
 from generators.settings import GeneratorSettings, QueueSettings
 

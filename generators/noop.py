@@ -12,13 +12,14 @@ import hashlib
 import time
 from collections.abc import Callable
 
-from generators.artifacts import ArtifactStore
+from core.artifacts import ArtifactStore
 from generators.base import (
     GenerationCancelled,
     GenerationRequest,
     GenerationResult,
     GeneratorError,
     ProgressCallback,
+    ReferenceUse,
 )
 
 
@@ -84,6 +85,10 @@ class NoopGenerator:
             steps=steps,
             device="none",
             elapsed_s=time.perf_counter() - t0,
+            references=[
+                ReferenceUse(sha256=sha, used=False, why="the noop generator ignores references")
+                for sha in request.reference_images
+            ],
         )
 
     async def aclose(self) -> None:

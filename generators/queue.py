@@ -1,19 +1,28 @@
 """Generation jobs through Redis Streams: the client side and the protocol shared with workers.
 
 Why Redis Streams: consumer groups give at-least-once delivery to many GPU workers on many
-hosts, a pending list that survives a worker's death (XAUTOCLAIM hands its job to another
-worker after a visibility timeout) and no scheduler of our own. At-least-once becomes
-"stored exactly once" because the result key is written with SET NX: a job finished twice (a
-worker presumed dead that was only slow) keeps the first result and counts the second as a
-duplicate.
+hosts, a pending list that survives a worker's death (another worker claims the job once its
+visibility timeout passes without a heartbeat) and no scheduler of our own. At-least-once
+becomes "stored exactly once" because the result key is written with SET NX: a job finished
+twice (a worker presumed dead that was only slow) keeps the first result and counts the second
+as a duplicate.
+
+Cost: every state change is one Lua script, so one round trip, atomic, and safe to retry after
+a lost reply (each carries a token it recognises). A job costs the client one script call and
+one blocking read; the worker one blocking read, one claim script and one settle script that
+stores the result, emits the events, clears the in-flight marker and acknowledges the message.
 
 Keys (P = QueueSettings.key_prefix):
-  <stream>                   job messages {job_id, key, request, submitted_at}
-  <dead_letter_stream>       jobs that failed max_attempts times, with their error
+  <stream>                   job messages {job_id, key, request, submitted_at, reply}
+  <dead_letter_stream>       jobs that failed for good, with their error and attempts
   P:result:<key>             GenerationResult JSON, TTL result_ttl_s (key = idempotency key)
   P:inflight:<key>           job_id of the job making <key> now (duplicates attach to it)
-  P:job:<job_id>             hash: state (queued/running/done/dead/cancelled), attempts, error
+  P:job:<job_id>             hash: state (queued/running/done/dead/cancelled), attempts (runs
+                             started), failures (runs that raised), deaths (runs lost with their
+                             worker), worker, run (claim token), visibility_ms, error, ...
   P:events:<job_id>          stream of {type: progress|retry|done|failed|cancelled}
+  P:reply:<client>           the same events for every job one client submitted (+ job_id), so
+                             a client follows all its jobs with one blocking read
   P:cancel:<job_id>          set by cancel(); a running worker stops at the next step
   P:workers                  zset consumer -> last heartbeat (for "is anyone listening?")
   P:stats                    hash of counters: submitted, completed, duplicates, retries, ...
@@ -29,19 +38,24 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.commands.core import AsyncScript
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from generators.artifacts import ArtifactStore
+from core.artifacts import ArtifactStore
 from generators.base import (
     GenerationCancelled,
     GenerationRequest,
     GenerationResult,
     GeneratorError,
+    JobLostError,
     ProgressCallback,
 )
 from generators.settings import QueueSettings
@@ -49,7 +63,16 @@ from generators.settings import QueueSettings
 log = logging.getLogger(__name__)
 
 EVENTS_TTL_S = 24 * 3600
+REPLY_TTL_S = 24 * 3600
+EVENTS_MAXLEN = 1000
 WORKER_ALIVE_S = 30.0
+MAX_VISIBILITY_S = 3600.0
+SAFETY_CHECK_S = 10.0
+"""A waiting client re-reads its job's state this often even when no event comes (events
+expire, a restart can happen between two reads): nothing waits out the job timeout unseen."""
+
+LINK_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
+"""Errors of the link to Redis (down, restarting, loading its AOF), not of a command."""
 
 
 @dataclass(frozen=True)
@@ -75,6 +98,9 @@ class QueueKeys:
     def events(self, job_id: str) -> str:
         return f"{self.prefix}:events:{job_id}"
 
+    def reply(self, client_id: str) -> str:
+        return f"{self.prefix}:reply:{client_id}"
+
     def cancel(self, job_id: str) -> str:
         return f"{self.prefix}:cancel:{job_id}"
 
@@ -87,10 +113,27 @@ class QueueKeys:
         return f"{self.prefix}:stats"
 
 
-# Compare-and-delete: only the job that owns an in-flight marker may clear it.
-DEL_IF_EQ = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
+# Submit: return a stored result, or join the identical job in flight, or enqueue a new one (and
+# re-create stream and group if Redis lost them). A retried call finds its own job id and stops.
+SUBMIT = """
+local raw = redis.call('GET', KEYS[1])
+if raw then return {'result', raw} end
+local cur = redis.call('GET', KEYS[2])
+if cur then
+  if cur == ARGV[1] then return {'queued', cur} end
+  return {'attached', cur}
+end
+redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[6])
+if redis.call('EXISTS', KEYS[4]) == 0 then
+  redis.call('XGROUP', 'CREATE', KEYS[4], ARGV[9], '0', 'MKSTREAM')
+end
+redis.call('HSET', KEYS[3], 'state', 'queued', 'key', ARGV[2], 'attempts', 0,
+  'submitted_at', ARGV[3], 'reply', ARGV[5])
+redis.call('EXPIRE', KEYS[3], ARGV[7])
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[8], '*', 'job_id', ARGV[1], 'key', ARGV[2],
+  'submitted_at', ARGV[3], 'reply', ARGV[5], 'request', ARGV[4])
+redis.call('HINCRBY', KEYS[5], 'submitted', 1)
+return {'queued', ARGV[1]}
 """
 
 # Client cancel: a queued job is cancelled on the spot; a running one is flagged for its worker.
@@ -101,8 +144,14 @@ if st == 'done' or st == 'dead' or st == 'cancelled' then return st end
 redis.call('SET', KEYS[2], '1', 'EX', ARGV[1])
 if st == 'queued' then
   redis.call('HSET', KEYS[1], 'state', 'cancelled', 'error', 'cancelled while queued')
-  redis.call('XADD', KEYS[3], '*', 'type', 'cancelled', 'error', 'cancelled while queued')
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', 1000, '*', 'type', 'cancelled',
+    'error', 'cancelled while queued')
   redis.call('EXPIRE', KEYS[3], ARGV[2])
+  if KEYS[6] then
+    redis.call('XADD', KEYS[6], 'MAXLEN', '~', 1000, '*', 'job_id', ARGV[3], 'type', 'cancelled',
+      'error', 'cancelled while queued')
+    redis.call('EXPIRE', KEYS[6], ARGV[2])
+  end
   if redis.call('GET', KEYS[4]) == ARGV[3] then redis.call('DEL', KEYS[4]) end
   redis.call('HINCRBY', KEYS[5], 'cancelled', 1)
   return 'cancelled'
@@ -144,16 +193,49 @@ async def ensure_group(client: aioredis.Redis, keys: QueueKeys) -> None:
             raise
 
 
+def is_nogroup(e: BaseException) -> bool:
+    """Redis lost the stream's consumer group (restarted without persistence, or flushed)."""
+    return isinstance(e, ResponseError) and str(e).startswith("NOGROUP")
+
+
+def _retry(settings: QueueSettings) -> Retry:
+    """Reconnect-and-retry for about reconnect_s: rides out a Redis restart (BusyLoadingError,
+    raised while Redis reloads its AOF, is a ConnectionError too)."""
+    backoff = ExponentialBackoff(cap=0.5, base=0.025)
+    retries, total = 0, 0.0
+    while total < settings.reconnect_s and retries < 100:
+        retries += 1
+        total += backoff.compute(retries)
+    return Retry(backoff, retries, supported_errors=(RedisConnectionError, RedisTimeoutError))
+
+
 def connect(settings: QueueSettings) -> aioredis.Redis:
     """A client whose pool makes bursts wait for a connection instead of failing (redis-py's
-    default pool raises MaxConnectionsError past 100)."""
+    default pool raises MaxConnectionsError past 100), health-checks connections that sat idle
+    and reconnects and retries a call that met a dead connection (Redis restarted)."""
     pool = aioredis.BlockingConnectionPool.from_url(
         settings.redis_url,
         max_connections=settings.max_connections,
         timeout=60,
         decode_responses=True,
+        health_check_interval=15,
+        socket_connect_timeout=2,
+        retry=_retry(settings),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
     )
     return aioredis.Redis(connection_pool=pool)
+
+
+def connect_blocking_reader(settings: QueueSettings) -> aioredis.Redis:
+    """One dedicated connection for a long blocking read, without automatic retries: its owner
+    must see a broken link to know that a restart happened (and resynchronise)."""
+    return aioredis.Redis.from_url(
+        settings.redis_url,
+        decode_responses=True,
+        single_connection_client=True,
+        socket_connect_timeout=2,
+        retry=Retry(NoBackoff(), 0),
+    )
 
 
 def _redis_error(url: str, e: Exception) -> GeneratorError:
@@ -164,65 +246,175 @@ def _redis_error(url: str, e: Exception) -> GeneratorError:
     )
 
 
-EventItem = dict[str, str] | BaseException
+class _Resync:
+    """Marker put before the events of a link that was re-established: state may have changed
+    unseen (a result stored, or everything lost), so the waiter re-reads it."""
+
+
+RESYNC = _Resync()
+EventItem = dict[str, str] | BaseException | _Resync
+TERMINAL = frozenset({"done", "failed", "cancelled"})
+
+
+@dataclass
+class _Sub:
+    """What one client knows of one job's events, and who is listening."""
+
+    stream: str | None
+    """The job's own events stream for jobs submitted elsewhere; None = our reply stream."""
+    last: str = "0-0"
+    history: list[EventItem] = field(default_factory=list)
+    listeners: set[asyncio.Queue[EventItem]] = field(default_factory=set)
+    terminal: bool = False
 
 
 class _EventMux:
-    """One blocking XREAD over the event streams of every job this client waits on.
+    """One blocking XREAD, on a connection of its own, for every job this client waits on.
 
-    A blocking read holds a connection, so one read per waiting job would need a connection per
-    job (hundreds for a batch of requests). New subscribers wake the pending read by adding to
-    a private wake-up stream, so their first events are not delayed by the block timeout.
+    Jobs this client submitted report on its reply stream, which the read always covers, so a
+    new job needs no extra round trip. Jobs submitted elsewhere are followed on their own
+    events stream; subscribing to one wakes the read with an entry on the reply stream. When
+    the link breaks (Redis restarted), the read reconnects with backoff and every listener gets
+    RESYNC to re-read its job's state.
     """
 
-    def __init__(self, client: Any, wake_key: str) -> None:
-        self.client = client
-        self.wake_key = wake_key
-        self._wake_last = "0-0"
-        self._streams: dict[str, tuple[str, asyncio.Queue[EventItem]]] = {}
+    HISTORY = 1000
+
+    def __init__(self, settings: QueueSettings, keys: QueueKeys) -> None:
+        self.settings = settings
+        self.reply_key = keys.reply(uuid.uuid4().hex)
+        self._reply_last = "0-0"
+        self._subs: dict[str, _Sub] = {}
+        self._by_stream: dict[str, str] = {}
         self._task: asyncio.Task[None] | None = None
+        self._conn: Any = None
+        self._closed = False
+        self.outage_since: float | None = None
+
+    def own(self, job_id: str) -> None:
+        """Route this job's reply events from now on (before its submit call, so none is lost)."""
+        if job_id not in self._subs:
+            self._subs[job_id] = _Sub(stream=None)
+        self._ensure_running()
+
+    def disown(self, job_id: str) -> None:
+        sub = self._subs.get(job_id)
+        if sub is not None and not sub.listeners:
+            del self._subs[job_id]
+
+    def is_own(self, job_id: str) -> bool:
+        sub = self._subs.get(job_id)
+        return sub is not None and sub.stream is None
 
     @contextlib.asynccontextmanager
-    async def subscribe(self, stream: str) -> AsyncIterator[asyncio.Queue[EventItem]]:
+    async def listen(
+        self, job_id: str, stream: str, wake: Any
+    ) -> AsyncIterator[asyncio.Queue[EventItem]]:
+        """Events of one job (those seen so far first). `wake` is a client for the wake-up."""
         queue: asyncio.Queue[EventItem] = asyncio.Queue()
-        self._streams[stream] = ("0-0", queue)
+        sub = self._subs.get(job_id)
+        fresh = sub is None
+        if sub is None:
+            sub = self._subs[job_id] = _Sub(stream=stream)
+            self._by_stream[stream] = job_id
+        for item in sub.history:
+            queue.put_nowait(item)
+        sub.listeners.add(queue)
         try:
-            if self._task is None or self._task.done():
-                self._task = asyncio.create_task(self._read())
-            else:
-                async with self.client.pipeline(transaction=False) as p:
-                    p.xadd(self.wake_key, {"w": 1}, maxlen=10, approximate=False)
-                    p.expire(self.wake_key, 300)
+            running = self._task is not None and not self._task.done()
+            self._ensure_running()
+            if fresh and running:
+                async with wake.pipeline(transaction=False) as p:
+                    p.xadd(self.reply_key, {"type": "wake"}, maxlen=EVENTS_MAXLEN)
+                    p.expire(self.reply_key, REPLY_TTL_S)
                     await p.execute()
             yield queue
         finally:
-            self._streams.pop(stream, None)
+            sub.listeners.discard(queue)
+            if not sub.listeners and (sub.terminal or sub.stream is not None):
+                self._drop(job_id)
+
+    def _drop(self, job_id: str) -> None:
+        sub = self._subs.pop(job_id, None)
+        if sub is not None and sub.stream is not None:
+            self._by_stream.pop(sub.stream, None)
+
+    def _ensure_running(self) -> None:
+        if self._closed:
+            raise GeneratorError("this QueueGenerator is closed")
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._read())
+
+    def _deliver(self, sub: _Sub, job_id: str, item: dict[str, str]) -> None:
+        if len(sub.history) >= self.HISTORY:
+            del sub.history[: self.HISTORY // 2]
+        sub.history.append(item)
+        for q in sub.listeners:
+            q.put_nowait(item)
+        if item.get("type") in TERMINAL:
+            sub.terminal = True
+            if not sub.listeners:
+                self._drop(job_id)
 
     async def _read(self) -> None:
-        try:
-            while self._streams:
-                ids = {self.wake_key: self._wake_last}
-                ids.update({s: last for s, (last, _) in self._streams.items()})
-                resp = await cancellable(self.client.xread(ids, block=1000, count=100))
-                for stream, entries in resp or []:
-                    if stream == self.wake_key:
-                        self._wake_last = entries[-1][0]
-                        continue
-                    sub = self._streams.get(stream)
-                    if sub is None:
-                        continue
-                    for _entry_id, fields in entries:
-                        sub[1].put_nowait(fields)
-                    self._streams[stream] = (entries[-1][0], sub[1])
-        except RedisError as e:
-            for _, queue in self._streams.values():
-                queue.put_nowait(e)
+        backoff = 0.02
+        sub: _Sub | None
+        while self._subs and not self._closed:
+            streams = {self.reply_key: self._reply_last}
+            streams.update({s.stream: s.last for s in self._subs.values() if s.stream})
+            try:
+                if self._conn is None:
+                    self._conn = connect_blocking_reader(self.settings)
+                resp = await cancellable(self._conn.xread(streams, block=5000, count=1000))
+            except LINK_ERRORS as e:
+                if self.outage_since is None:
+                    self.outage_since = time.monotonic()
+                    log.debug("event read lost its link to Redis (%s); reconnecting", e)
+                await self._reset_conn()
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 0.5)
+                continue
+            except RedisError as e:
+                for sub in self._subs.values():
+                    for q in sub.listeners:
+                        q.put_nowait(e)
+                return
+            backoff = 0.02
+            if self.outage_since is not None:
+                self.outage_since = None
+                for each in list(self._subs.values()):
+                    for q in each.listeners:
+                        q.put_nowait(RESYNC)
+            for stream, entries in resp or []:
+                if stream == self.reply_key:
+                    self._reply_last = entries[-1][0]
+                    for _id, fields in entries:
+                        job_id = fields.get("job_id")
+                        sub = self._subs.get(job_id) if job_id else None
+                        if sub is not None and sub.stream is None:
+                            self._deliver(sub, job_id or "", fields)
+                    continue
+                job_id = self._by_stream.get(stream)
+                sub = self._subs.get(job_id) if job_id else None
+                if sub is None:
+                    continue
+                sub.last = entries[-1][0]
+                for _id, fields in entries:
+                    self._deliver(sub, job_id or "", fields)
+
+    async def _reset_conn(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(RedisError, OSError):
+                await conn.aclose()
 
     async def aclose(self) -> None:
+        self._closed = True
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
+        await self._reset_conn()
 
 
 @dataclass
@@ -256,7 +448,7 @@ class QueueGenerator:
         self.keys = QueueKeys.from_settings(settings)
         self._client = client
         self._own_client = client is None
-        self._group_ready = False
+        self._submit: AsyncScript | None = None
         self._cancel: AsyncScript | None = None
         self._events: _EventMux | None = None
 
@@ -289,51 +481,37 @@ class QueueGenerator:
         request = self._normalise(request)
         key = request.idempotency_key()
         k = self.keys
-        r = self.client
+        s = self.settings
+        if self._submit is None:
+            self._submit = self.client.register_script(SUBMIT)
+        mux = self._mux()
+        job_id = uuid.uuid4().hex
+        mux.own(job_id)
+        vis = s.visibility_timeout_s or MAX_VISIBILITY_S
         try:
-            if not self._group_ready:
-                await ensure_group(r, k)
-                self._group_ready = True
-            for _ in range(3):
-                raw = await r.get(k.result(key))
-                if raw is not None:
-                    return JobHandle(None, key, result=self._cached(raw))
-                job_id = uuid.uuid4().hex
-                ttl = int(self.settings.job_timeout_s + self.settings.visibility_timeout_s) + 60
-                if await r.set(k.inflight(key), job_id, nx=True, ex=ttl):
-                    now = time.time()
-                    async with r.pipeline(transaction=True) as p:
-                        p.hset(
-                            k.job(job_id),
-                            mapping={
-                                "state": "queued",
-                                "key": key,
-                                "attempts": 0,
-                                "submitted_at": now,
-                            },
-                        )
-                        p.expire(k.job(job_id), self.settings.result_ttl_s)
-                        p.xadd(
-                            k.stream,
-                            {
-                                "job_id": job_id,
-                                "key": key,
-                                "submitted_at": now,
-                                "request": request.model_dump_json(),
-                            },
-                            maxlen=self.settings.max_stream_len,
-                            approximate=True,
-                        )
-                        p.hincrby(k.stats, "submitted", 1)
-                        await p.execute()
-                    return JobHandle(job_id, key)
-                existing = await r.get(k.inflight(key))
-                if existing is not None:
-                    return JobHandle(existing, key, attached=True)
-                # The other job finished between our SET and GET: loop to read its result.
+            kind, value = await self._submit(
+                keys=[k.result(key), k.inflight(key), k.job(job_id), k.stream, k.stats],
+                args=[
+                    job_id,
+                    key,
+                    time.time(),
+                    request.model_dump_json(),
+                    mux.reply_key,
+                    int(s.job_timeout_s + vis) + 60,
+                    s.result_ttl_s,
+                    s.max_stream_len,
+                    k.group,
+                ],
+            )
         except RedisError as e:
-            raise _redis_error(self.settings.redis_url, e) from e
-        raise GeneratorError(f"could not submit job {key}: in-flight marker kept changing")
+            mux.disown(job_id)
+            raise _redis_error(s.redis_url, e) from e
+        if kind == "queued":
+            return JobHandle(job_id, key)
+        mux.disown(job_id)
+        if kind == "result":
+            return JobHandle(None, key, result=self._cached(value))
+        return JobHandle(value, key, attached=True)
 
     async def wait(
         self,
@@ -343,30 +521,48 @@ class QueueGenerator:
         key: str | None = None,
         timeout_s: float | None = None,
     ) -> GenerationResult:
-        """Follow the job's event stream until done/failed/cancelled, calling on_progress."""
+        """Follow the job's events until done/failed/cancelled, calling on_progress.
+
+        Raises JobLostError as soon as the job is found gone from Redis (a restart without
+        persistence), GeneratorError when Redis stays unreachable for outage_timeout_s.
+        """
         k = self.keys
-        r = self.client
-        deadline = time.monotonic() + (timeout_s or self.settings.job_timeout_s)
+        s = self.settings
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (timeout_s or s.job_timeout_s)
+        mux = self._mux()
+        own = mux.is_own(job_id)
         try:
-            if key is None:
-                key = await r.hget(k.job(job_id), "key")
-            async with self._mux().subscribe(k.events(job_id)) as events:
+            async with mux.listen(job_id, k.events(job_id), self.client) as events:
+                if not own:
+                    # Not submitted just now by us: it may have ended (or vanished) long ago.
+                    done = await self._check(job_id, key)
+                    if done is not None:
+                        return done
+                next_check = loop.time() + SAFETY_CHECK_S
                 while True:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
+                    now = loop.time()
+                    if now >= deadline:
                         raise await self._timeout_error(job_id)
                     try:
-                        item = await asyncio.wait_for(events.get(), min(remaining, 2.0))
+                        async with asyncio.timeout(min(deadline, next_check, now + 1.0) - now):
+                            item = await events.get()
                     except TimeoutError:
-                        # Events can expire or be trimmed; the result key is the truth.
-                        if key is not None and (raw := await r.get(k.result(key))) is not None:
-                            return self._cached(raw, job_id).model_copy(update={"cached": False})
-                        if await r.hget(k.job(job_id), "state") is None:
-                            raise GeneratorError(
-                                f"job {job_id} is unknown to Redis {self.settings.redis_url} "
-                                "(expired, or Redis restarted without persistence); submit it "
-                                "again"
+                        outage = mux.outage_since
+                        if outage is not None and time.monotonic() - outage > s.outage_timeout_s:
+                            raise _redis_error(
+                                s.redis_url, RedisConnectionError("unreachable while waiting")
                             ) from None
+                        if outage is None and loop.time() >= next_check:
+                            next_check = loop.time() + SAFETY_CHECK_S
+                            done = await self._check(job_id, key)
+                            if done is not None:
+                                return done
+                        continue
+                    if isinstance(item, _Resync):
+                        done = await self._check(job_id, key)
+                        if done is not None:
+                            return done
                         continue
                     if isinstance(item, BaseException):
                         raise item
@@ -374,23 +570,50 @@ class QueueGenerator:
                     if result is not None:
                         return result
         except RedisError as e:
-            raise _redis_error(self.settings.redis_url, e) from e
+            raise _redis_error(s.redis_url, e) from e
+
+    async def _check(self, job_id: str, key: str | None) -> GenerationResult | None:
+        """The job's state read directly: its result, or the error it ended with, or None while
+        it is still queued or running. A job that is gone is reported lost, not waited for."""
+        k = self.keys
+        r = self.client
+        state, hkey, error, attempts = await r.hmget(
+            k.job(job_id), "state", "key", "error", "attempts"
+        )
+        key = key or hkey
+        raw = await r.get(k.result(key)) if key else None
+        if raw is not None:
+            return self._cached(raw, job_id).model_copy(update={"cached": False, "job_id": job_id})
+        if state is None:
+            raise JobLostError(
+                f"generation job {job_id} is gone from Redis {self.settings.redis_url}: Redis "
+                "restarted without persistence (or was flushed) while the job was queued or "
+                "running, so no worker will finish it; submit it again (run Redis with "
+                "--appendonly yes to keep jobs across restarts)"
+            )
+        if state == "dead":
+            self._on_event(job_id, {"type": "failed", "error": error, "attempts": attempts}, None)
+        if state == "cancelled":
+            self._on_event(job_id, {"type": "cancelled", "error": error or ""}, None)
+        return None
 
     def _on_event(
         self, job_id: str, fields: dict[str, str], on_progress: ProgressCallback | None
     ) -> GenerationResult | None:
         kind = fields.get("type")
-        if kind == "progress" and on_progress is not None:
-            on_progress(int(fields["step"]), int(fields["total"]))
+        if kind == "progress":
+            if on_progress is not None:
+                on_progress(int(fields["step"]), int(fields["total"]))
         elif kind == "retry":
             log.warning("job %s attempt failed, retrying: %s", job_id, fields.get("error"))
         elif kind == "done":
             result = GenerationResult.model_validate_json(fields["result"])
             return result.model_copy(update={"job_id": job_id})
         elif kind == "failed":
+            why = "" if fields.get("retryable", "1") == "1" else "not retryable; "
             raise GeneratorError(
                 f"generation job {job_id} failed after {fields.get('attempts')} attempt(s): "
-                f"{fields.get('error')} (kept in dead-letter stream {self.keys.dead})"
+                f"{fields.get('error')} ({why}kept in dead-letter stream {self.keys.dead})"
             )
         elif kind == "cancelled":
             raise GenerationCancelled(
@@ -400,7 +623,7 @@ class QueueGenerator:
 
     def _mux(self) -> _EventMux:
         if self._events is None:
-            self._events = _EventMux(self.client, f"{self.keys.prefix}:wake:{uuid.uuid4().hex}")
+            self._events = _EventMux(self.settings, self.keys)
         return self._events
 
     async def _timeout_error(self, job_id: str) -> GeneratorError:
@@ -435,7 +658,7 @@ class QueueGenerator:
             # The caller gave up (Ctrl-C, run cancelled): free the GPU, unless we only joined
             # somebody else's identical job.
             if not handle.attached:
-                with contextlib.suppress(RedisError):
+                with contextlib.suppress(RedisError, GeneratorError):
                     await asyncio.shield(self.cancel(handle.job_id))
             raise
 
@@ -445,11 +668,18 @@ class QueueGenerator:
         k = self.keys
         r = self.client
         try:
-            key = await r.hget(k.job(job_id), "key") or ""
+            key, reply = await r.hmget(k.job(job_id), "key", "reply")
             if self._cancel is None:
                 self._cancel = r.register_script(CANCEL)
+            keys = [
+                k.job(job_id),
+                k.cancel(job_id),
+                k.events(job_id),
+                k.inflight(key or ""),
+                k.stats,
+            ]
             out = await self._cancel(
-                keys=[k.job(job_id), k.cancel(job_id), k.events(job_id), k.inflight(key), k.stats],
+                keys=keys + ([reply] if reply else []),
                 args=[int(self.settings.job_timeout_s) + 60, EVENTS_TTL_S, job_id],
             )
         except RedisError as e:

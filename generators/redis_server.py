@@ -1,7 +1,9 @@
 """Start a private, throw-away redis-server (tests, benchmarks, demos).
 
-Hermetic on purpose: a free port, a temporary directory, no persistence, so nothing touches a
-Redis the user already runs on 6379.
+Hermetic on purpose: a free port, a temporary directory, no persistence unless asked, so
+nothing touches a Redis the user already runs on 6379. `crash()` and `restart()` keep the port
+and the data directory, so clients and workers see the same server come back: empty without
+persistence, with every acknowledged write with `appendonly=True` (fsync on every write).
 """
 
 from __future__ import annotations
@@ -24,7 +26,13 @@ def free_port() -> int:
 class RedisServer:
     """`with RedisServer() as r: r.url` -> redis://127.0.0.1:<port>/0, stopped on exit."""
 
-    def __init__(self, port: int | None = None, *, startup_timeout_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        *,
+        appendonly: bool = False,
+        startup_timeout_s: float = 10.0,
+    ) -> None:
         exe = shutil.which("redis-server")
         if exe is None:
             raise FileNotFoundError(
@@ -33,6 +41,7 @@ class RedisServer:
             )
         self.exe = exe
         self.port = port or free_port()
+        self.appendonly = appendonly
         self.startup_timeout_s = startup_timeout_s
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self.proc: subprocess.Popen[bytes] | None = None
@@ -42,7 +51,13 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> RedisServer:
-        self._tmp = tempfile.TemporaryDirectory(prefix="gw-redis-")
+        if self._tmp is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="gw-redis-")
+        persistence = (
+            ["--appendonly", "yes", "--appendfsync", "always"]
+            if self.appendonly
+            else ["--appendonly", "no"]
+        )
         self.proc = subprocess.Popen(
             [
                 self.exe,
@@ -52,8 +67,7 @@ class RedisServer:
                 "127.0.0.1",
                 "--save",
                 "",
-                "--appendonly",
-                "no",
+                *persistence,
                 "--dir",
                 self._tmp.name,
             ],
@@ -67,12 +81,29 @@ class RedisServer:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
                     s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
+                    if s.recv(16).startswith(b"+PONG"):  # not LOADING: the data is back
                         return self
             except OSError:
-                time.sleep(0.05)
+                pass
+            time.sleep(0.02)
         self.stop()
         raise TimeoutError(f"redis-server did not answer on port {self.port}")
+
+    def crash(self) -> None:
+        """SIGKILL: no shutdown save; what survives is what the AOF (if on) already holds."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+    def restart(self, *, appendonly: bool | None = None, down_s: float = 0.0) -> RedisServer:
+        """Crash and start again on the same port and directory, after `down_s` seconds."""
+        self.crash()
+        if appendonly is not None:
+            self.appendonly = appendonly
+        if down_s:
+            time.sleep(down_s)
+        return self.start()
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator
@@ -26,7 +25,12 @@ class GeneratorSettings(BaseModel):
     guidance_scale: float = Field(default=0.0, ge=0.0, description="CFG scale (sd-turbo: 0).")
     width: int = Field(default=512, ge=64, le=2048, description="Output width in pixels.")
     height: int = Field(default=512, ge=64, le=2048, description="Output height in pixels.")
-    seed: int = Field(default=0, description="Seed for the first image; edits reuse it.")
+    seed: int = Field(
+        default=0,
+        ge=0,
+        le=2**63 - 1,
+        description="Seed for the first image; edits reuse it (torch accepts 0..2**63-1).",
+    )
     edit_strength: float = Field(
         default=0.5, ge=0.05, le=1.0, description="img2img strength for critique fix rounds."
     )
@@ -66,12 +70,14 @@ class GeneratorSettings(BaseModel):
     )
     ip_adapter: str | None = Field(
         default=None,
-        description="IP-Adapter repo id or folder (e.g. h94/IP-Adapter) used for reference "
-        "images. None = reference images are not used by the generator.",
+        description="IP-Adapter for reference images: 'auto' (h94/IP-Adapter weights that fit "
+        "the model family), a repo id or a folder. None = reference images are not used.",
     )
-    ip_adapter_subfolder: str = Field(default="models", description="Subfolder of ip_adapter.")
-    ip_adapter_weight_name: str = Field(
-        default="ip-adapter_sd15.safetensors", description="Weights file inside the subfolder."
+    ip_adapter_subfolder: str | None = Field(
+        default=None, description="Subfolder of ip_adapter; None = the model family's default."
+    )
+    ip_adapter_weight_name: str | None = Field(
+        default=None, description="Weights file in the subfolder; None = the family's default."
     )
     ip_adapter_scale: float = Field(
         default=0.6, ge=0.0, le=2.0, description="How strongly reference images steer the image."
@@ -87,22 +93,45 @@ class GeneratorSettings(BaseModel):
         return [b.lower() for b in v]
 
 
-class ArtifactSettings(BaseModel):
-    root: Path = Field(
-        default=Path(".groundwork/artifacts"),
-        description="Folder of the content-addressed artifact store (share it between hosts).",
-    )
-
-
 class QueueSettings(BaseModel):
     redis_url: str = Field(default="redis://127.0.0.1:6379/0", description="Redis for jobs.")
     stream: str = Field(default="groundwork:jobs", description="Job stream name.")
     group: str = Field(default="groundwork-workers", description="Consumer group name.")
     dead_letter_stream: str = Field(default="groundwork:jobs:dead", description="Poison jobs.")
-    visibility_timeout_s: float = Field(
-        default=120.0, gt=0, description="A job unacknowledged this long is reclaimed."
+    visibility_timeout_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="Seconds without a heartbeat after which a worker's job is given to another "
+        "worker. None = per job: min_visibility_s plus twice the job's expected run time (its "
+        "steps and size at the step time the worker measured). A live worker's heartbeat "
+        "keeps extending it, however long the job runs.",
     )
-    max_attempts: int = Field(default=3, ge=1, description="Tries before dead-lettering a job.")
+    min_visibility_s: float = Field(
+        default=10.0, gt=0, description="Floor of the per-job visibility timeout."
+    )
+    step_time_s: float = Field(
+        default=1.0,
+        gt=0,
+        description="Seconds per denoising step of a 512x512 image assumed until a worker has "
+        "measured its own (then it uses the measurement).",
+    )
+    heartbeat_s: float = Field(
+        default=2.0, gt=0, description="How often a worker renews its jobs and liveness."
+    )
+    max_attempts: int = Field(
+        default=3,
+        ge=1,
+        description="Tries before dead-lettering a job whose generation raised. Errors that "
+        "cannot succeed on retry (unknown model, missing input image) dead-letter at once; a "
+        "worker dying mid-job does not count (see max_worker_deaths).",
+    )
+    max_worker_deaths: int = Field(
+        default=5,
+        ge=1,
+        description="Workers a job may see die under it (killed, OOM, crash) while it ran alone "
+        "before it is dead-lettered as a poison job. A batch whose worker died is split and "
+        "its jobs rerun alone, so one crash never charges several jobs.",
+    )
     result_ttl_s: int = Field(default=7 * 24 * 3600, ge=1, description="How long results live.")
     job_timeout_s: float = Field(default=600.0, gt=0, description="Client wait for one job.")
     key_prefix: str = Field(
@@ -135,4 +164,16 @@ class QueueSettings(BaseModel):
     )
     max_stream_len: int = Field(
         default=100_000, ge=1000, description="Approximate cap on the job stream's length."
+    )
+    reconnect_s: float = Field(
+        default=3.0,
+        ge=0,
+        description="How long one Redis call keeps reconnecting (Redis restarting) before it "
+        "fails; pooled connections are also health-checked when idle.",
+    )
+    outage_timeout_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="How long a waiting client, or a worker storing a result, rides out a Redis "
+        "outage before giving up (the worker's read loop itself waits for Redis forever).",
     )

@@ -1,10 +1,22 @@
 """The generation worker: one resident generator serving a Redis Streams consumer group.
 
-Life of a job here: XREADGROUP (or XAUTOCLAIM of a job whose worker went silent) -> an atomic
-claim that counts the attempt -> generate with progress events and cancel checks -> store the
-image -> SET NX the result -> XACK. A failure re-queues the job until max_attempts, then moves
-it to the dead-letter stream with its error. While a job runs, a heartbeat re-claims it
-(XCLAIM JUSTID) so a long job is never mistaken for a stalled one.
+Life of a job here: XREADGROUP (or a reclaim of a job whose worker went silent past the job's
+visibility timeout) -> one claim script for the whole read -> generate with progress events and
+cancel checks -> store the image -> one settle script (result SET NX, events, XACK).
+
+Who pays for a failure:
+- the job, when its generation raised: it is re-queued until max_attempts, then dead-lettered
+  with its error; an error that cannot succeed on retry (unknown model, missing input image)
+  is dead-lettered at once;
+- nobody, when its worker died (SIGKILL, OOM, lost host): the run is not charged to the
+  error budget. A job whose worker died while it ran alone counts a death, and after
+  max_worker_deaths it is dead-lettered as a poison job; the jobs of a batch whose worker died
+  are split and rerun alone, so one crash never charges several jobs.
+
+The visibility timeout fits the work: each run records its own (min_visibility_s plus twice
+its expected time, from its steps and size at the step time this worker measured), and a
+heartbeat renews it as long as the worker lives. A Redis outage is logged once, and its end
+once; the worker re-creates a consumer group that Redis lost.
 
 SIGTERM/SIGINT: stop reading, let the current jobs finish for `shutdown_grace_s`, then stop
 them at the next denoising step and put them back on the stream for another worker.
@@ -30,7 +42,7 @@ from typing import Any, Literal, Protocol
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from generators.artifacts import ArtifactStore
+from core.artifacts import ArtifactNotFound, ArtifactSettings, ArtifactStore
 from generators.base import (
     GenerationCancelled,
     GenerationRequest,
@@ -39,29 +51,201 @@ from generators.base import (
 )
 from generators.batching import batch_key
 from generators.queue import (
-    DEL_IF_EQ,
+    EVENTS_MAXLEN,
     EVENTS_TTL_S,
+    LINK_ERRORS,
+    MAX_VISIBILITY_S,
+    REPLY_TTL_S,
     QueueKeys,
     cancellable,
     connect,
     ensure_group,
+    is_nogroup,
 )
-from generators.settings import ArtifactSettings, GeneratorSettings, QueueSettings
+from generators.settings import GeneratorSettings, QueueSettings
 
 log = logging.getLogger("groundwork.worker")
 
 Backend = Literal["diffusers", "noop"]
 
-# Worker claim: skip finished/cancelled jobs, else count the attempt and mark it running.
+# Claim every message of one read. Per job: 2 keys (job hash, result) and 2 args (batch size,
+# visibility ms). Returns per job {code, attempts, deaths, solo}: code 1 run it, -1 cancelled,
+# -2 result already stored, -3 already dead-lettered, -4 too many worker deaths. A run left
+# 'running' means its worker died: charged as a death if it ran alone, else the job is split
+# off (solo) and not charged. The token makes a retried call (lost reply) change nothing.
 CLAIM = """
-if redis.call('EXISTS', KEYS[2]) == 1 then return -2 end
-local st = redis.call('HGET', KEYS[1], 'state')
-if st == 'cancelled' then return -1 end
-if st == 'dead' then return -3 end
-local n = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
-redis.call('HSET', KEYS[1], 'state', 'running', 'worker', ARGV[1], 'started_at', ARGV[2])
-redis.call('EXPIRE', KEYS[1], ARGV[3])
-return n
+local out = {}
+for i = 1, #KEYS / 2 do
+  local job, res = KEYS[2 * i - 1], KEYS[2 * i]
+  local token = ARGV[4] .. ':' .. i
+  local code, attempts, deaths, solo = 1, 0, 0, 0
+  local h = redis.call('HMGET', job, 'state', 'run', 'batch', 'deaths', 'solo', 'attempts')
+  if redis.call('EXISTS', res) == 1 then
+    code = -2
+  elseif h[1] == 'cancelled' then
+    code = -1
+  elseif h[1] == 'dead' then
+    code = -3
+  elseif h[2] == token then
+    attempts, deaths, solo = tonumber(h[6] or 0), tonumber(h[4] or 0), tonumber(h[5] or 0)
+  else
+    deaths, solo = tonumber(h[4] or 0), tonumber(h[5] or 0)
+    if h[1] == 'running' then
+      if tonumber(h[3] or 1) > 1 then
+        solo = 1
+        redis.call('HSET', job, 'solo', 1)
+        redis.call('HINCRBY', job, 'splits', 1)
+      else
+        deaths = redis.call('HINCRBY', job, 'deaths', 1)
+      end
+    end
+    if deaths >= tonumber(ARGV[5]) then
+      code = -4
+    else
+      attempts = redis.call('HINCRBY', job, 'attempts', 1)
+      local batch = ARGV[4 + 2 * i]
+      if solo == 1 then batch = 1 end
+      redis.call('HSET', job, 'state', 'running', 'worker', ARGV[1], 'started_at', ARGV[2],
+        'run', token, 'batch', batch, 'visibility_ms', ARGV[5 + 2 * i])
+      redis.call('EXPIRE', job, ARGV[3])
+    end
+  end
+  out[i] = {code, attempts, deaths, solo}
+end
+return out
+"""
+
+_EVENT_FN = """
+local function event(...)
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', 1000, '*', ...)
+  redis.call('EXPIRE', KEYS[2], ARGV[7])
+  if KEYS[7] then
+    redis.call('XADD', KEYS[7], 'MAXLEN', '~', 1000, '*', 'job_id', ARGV[3], ...)
+    redis.call('EXPIRE', KEYS[7], ARGV[7])
+  end
+end
+"""
+
+# Settle a run that ended: 'done' stores the result (SET NX: a second finisher only counts a
+# duplicate), 'ack' finishes a job whose result was already stored, 'cancelled' records a
+# cancel. Progress events not sent yet go first, so the client sees them in order.
+# KEYS: job, events, inflight, stats, stream, result[, reply]
+# ARGV: mode, token, job_id, group, msg_id, now, events_ttl, result_ttl, raw, sha, error,
+#       n_progress, step, total, ...
+SETTLE = (
+    _EVENT_FN
+    + """
+local mode = ARGV[1]
+local run = redis.call('HGET', KEYS[1], 'run')
+if mode ~= 'ack' and run == ARGV[2] .. ':settled' then return 'again' end
+if mode == 'cancelled' and run ~= ARGV[2] then return 'stale' end
+if mode == 'ack' and redis.call('HGET', KEYS[1], 'state') == 'done' then
+  redis.pcall('XACK', KEYS[5], ARGV[4], ARGV[5])
+  return 'again'
+end
+for i = 0, tonumber(ARGV[12]) - 1 do
+  event('type', 'progress', 'step', ARGV[13 + 2 * i], 'total', ARGV[14 + 2 * i])
+end
+local first = 'first'
+local raw, sha = ARGV[9], ARGV[10]
+if mode == 'done' then
+  if redis.call('SET', KEYS[6], raw, 'NX', 'EX', ARGV[8]) then
+    redis.call('HINCRBY', KEYS[4], 'completed', 1)
+  else
+    redis.call('HINCRBY', KEYS[4], 'duplicates', 1)
+    if run ~= ARGV[2] then return 'duplicate' end
+    first = 'duplicate'
+    raw = redis.call('GET', KEYS[6]) or raw
+  end
+elseif mode == 'ack' then
+  raw = redis.call('GET', KEYS[6]) or raw
+  local ok, obj = pcall(cjson.decode, raw)
+  if ok and type(obj) == 'table' and type(obj.image) == 'table' then sha = obj.image.sha256 end
+end
+if mode == 'cancelled' then
+  redis.call('HSET', KEYS[1], 'state', 'cancelled', 'error', ARGV[11], 'finished_at', ARGV[6],
+    'run', ARGV[2] .. ':settled')
+  event('type', 'cancelled', 'error', ARGV[11])
+  redis.call('HINCRBY', KEYS[4], 'cancelled', 1)
+else
+  redis.call('HSET', KEYS[1], 'state', 'done', 'finished_at', ARGV[6], 'sha256', sha,
+    'run', ARGV[2] .. ':settled')
+  event('type', 'done', 'result', raw, 'sha256', sha)
+end
+if redis.call('GET', KEYS[3]) == ARGV[3] then redis.call('DEL', KEYS[3]) end
+redis.pcall('XACK', KEYS[5], ARGV[4], ARGV[5])
+return first
+"""
+)
+
+# A run that raised: re-queue (a fresh message, this one acknowledged) while the error budget
+# lasts and the error is retryable, else dead-letter. Token '' = no run to own (the claim
+# refused the job). KEYS: job, events, inflight, stats, stream, dead[, reply]
+# ARGV: job_id(3), group(4), msg_id(5), now(6), events_ttl(7), error(8), retryable(9),
+#       max_attempts(10), maxlen(11), token(1), n_requeue(12), requeue..., dead...
+FAIL = (
+    _EVENT_FN
+    + """
+local run = redis.call('HMGET', KEYS[1], 'run', 'state')
+if ARGV[1] ~= '' and run[1] ~= ARGV[1] then return 'stale' end
+if ARGV[1] == '' and run[2] == 'dead' then return 'again' end
+local failures = redis.call('HINCRBY', KEYS[1], 'failures', 1)
+local attempts = redis.call('HGET', KEYS[1], 'attempts') or '0'
+local n = tonumber(ARGV[12])
+local requeue, dead = {}, {}
+for i = 13, 12 + n do requeue[#requeue + 1] = ARGV[i] end
+for i = 13 + n, #ARGV do dead[#dead + 1] = ARGV[i] end
+local settled = ARGV[1] .. ':settled'
+if ARGV[9] == '1' and failures < tonumber(ARGV[10]) then
+  redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[11], '*', unpack(requeue))
+  redis.call('HSET', KEYS[1], 'state', 'queued', 'error', ARGV[8], 'run', settled)
+  event('type', 'retry', 'error', ARGV[8], 'attempt', attempts)
+  redis.call('HINCRBY', KEYS[4], 'retries', 1)
+  redis.pcall('XACK', KEYS[5], ARGV[4], ARGV[5])
+  return 'retry'
+end
+dead[#dead + 1] = 'attempts'
+dead[#dead + 1] = attempts
+redis.call('XADD', KEYS[6], '*', unpack(dead))
+redis.call('HSET', KEYS[1], 'state', 'dead', 'error', ARGV[8], 'finished_at', ARGV[6],
+  'run', settled)
+event('type', 'failed', 'error', ARGV[8], 'attempts', attempts, 'retryable', ARGV[9])
+if redis.call('GET', KEYS[3]) == ARGV[3] then redis.call('DEL', KEYS[3]) end
+redis.call('HINCRBY', KEYS[4], 'dead', 1)
+redis.pcall('XACK', KEYS[5], ARGV[4], ARGV[5])
+return 'dead'
+"""
+)
+
+# Shutdown: hand the job back at once; this run does not count.
+# KEYS: job, stream, stats  ARGV: token, group, msg_id, maxlen, fields...
+RELEASE = """
+if redis.call('HGET', KEYS[1], 'run') ~= ARGV[1] then return 'stale' end
+local fields = {}
+for i = 5, #ARGV do fields[#fields + 1] = ARGV[i] end
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', unpack(fields))
+redis.pcall('XACK', KEYS[2], ARGV[2], ARGV[3])
+redis.call('HINCRBY', KEYS[1], 'attempts', -1)
+redis.call('HSET', KEYS[1], 'state', 'queued', 'run', ARGV[1] .. ':settled')
+redis.call('HINCRBY', KEYS[3], 'released', 1)
+return 'released'
+"""
+
+# Heartbeat: announce liveness and renew the visibility of the runs we still own (resetting
+# their idle time); runs another worker took over are returned so we stop them.
+# KEYS: workers, stream, job...  ARGV: now, consumer, group, (token, msg_id)...
+HEARTBEAT = """
+redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
+local lost = {}
+for i = 3, #KEYS do
+  local token, msg = ARGV[2 * i - 2], ARGV[2 * i - 1]
+  if redis.call('HGET', KEYS[i], 'run') == token then
+    redis.pcall('XCLAIM', KEYS[2], ARGV[3], ARGV[2], 0, msg, 'JUSTID')
+  else
+    lost[#lost + 1] = msg
+  end
+end
+return lost
 """
 
 
@@ -77,6 +261,76 @@ class JobGenerator(Protocol):
     async def aclose(self) -> None: ...
 
 
+def retryable(error: BaseException) -> bool:
+    """Can running the same request again succeed? No for errors whose class says so
+    (GeneratorError.retryable, e.g. ModelNotFoundError) and for input images missing from the
+    artifact store, anywhere in the cause chain."""
+    seen: set[int] = set()
+    e: BaseException | None = error
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, ArtifactNotFound) or getattr(type(e), "retryable", True) is False:
+            return False
+        e = e.__cause__
+    return True
+
+
+class StepClock:
+    """Seconds per denoising step per megapixel on this worker: an estimate until measured,
+    then a moving average of real runs. Sizes the visibility timeout of each run."""
+
+    REF_MP = 512 * 512 / 1e6
+
+    def __init__(self, step_time_s: float, default_steps: int) -> None:
+        self.rate = step_time_s / self.REF_MP
+        self.default_steps = default_steps
+        self.measured = False
+
+    def work(self, requests: Sequence[GenerationRequest]) -> float:
+        return sum((r.steps or self.default_steps) * r.width * r.height / 1e6 for r in requests)
+
+    def expected_s(self, requests: Sequence[GenerationRequest]) -> float:
+        return self.rate * self.work(requests)
+
+    def observe(self, elapsed_s: float, requests: Sequence[GenerationRequest]) -> None:
+        work = self.work(requests)
+        if work <= 0:
+            return
+        rate = elapsed_s / work
+        self.rate = rate if not self.measured else 0.7 * self.rate + 0.3 * rate
+        self.measured = True
+
+
+class Outage:
+    """One log line when Redis goes away and one when it is back, however many calls fail in
+    between (each loop and helper reports here), with a shared retry backoff."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.since: float | None = None
+        self._delay = 0.05
+
+    def failed(self, e: BaseException) -> None:
+        if self.since is None:
+            self.since = time.monotonic()
+            log.error(
+                "Redis at %s unreachable (%s: %s); jobs wait, retrying until it is back",
+                self.url,
+                type(e).__name__,
+                e,
+            )
+
+    def ok(self) -> None:
+        if self.since is not None:
+            log.warning("Redis at %s back after %.1fs", self.url, time.monotonic() - self.since)
+            self.since = None
+            self._delay = 0.05
+
+    async def pause(self) -> None:
+        await asyncio.sleep(self._delay)
+        self._delay = min(self._delay * 2, 1.0)
+
+
 @dataclass
 class _Job:
     msg_id: str
@@ -85,8 +339,15 @@ class _Job:
     request: GenerationRequest
     fields: dict[str, str]
     attempt: int = 0
+    token: str = ""
+    solo: bool = False
+    reply: str | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
-    progress: asyncio.Queue[tuple[int, int] | None] = field(default_factory=asyncio.Queue)
+    lost: bool = False
+    """Another worker took this run over (we were presumed dead): drop it, settle nothing."""
+    progress: list[tuple[int, int]] = field(default_factory=list)
+    progress_ready: asyncio.Event = field(default_factory=asyncio.Event)
+    ended: bool = False
 
 
 class Worker:
@@ -100,6 +361,7 @@ class Worker:
         consumer: str | None = None,
         batch_size: int = 1,
         client: aioredis.Redis | None = None,
+        default_steps: int = 4,
     ) -> None:
         self.generator = generator
         self.settings = queue
@@ -112,8 +374,14 @@ class Worker:
         self._abort = threading.Event()
         self._active: dict[str, _Job] = {}
         self._claim = self.client.register_script(CLAIM)
+        self._settle_script = self.client.register_script(SETTLE)
+        self._fail_script = self.client.register_script(FAIL)
+        self._release_script = self.client.register_script(RELEASE)
+        self._heartbeat_script = self.client.register_script(HEARTBEAT)
         self._last_claim = 0.0
         self._helpers_stop = asyncio.Event()
+        self.outage = Outage(queue.redis_url)
+        self.clock = StepClock(queue.step_time_s, default_steps)
         self.processed = 0
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -128,8 +396,36 @@ class Worker:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
 
+    @property
+    def heartbeat_interval_s(self) -> float:
+        """Three heartbeats fit in the shortest visibility timeout a run can get."""
+        s = self.settings
+        return min(s.heartbeat_s, (s.visibility_timeout_s or s.min_visibility_s) / 3)
+
+    def visibility_s(self, requests: Sequence[GenerationRequest]) -> float:
+        """How long a run may go without a heartbeat before another worker takes it."""
+        fixed = self.settings.visibility_timeout_s
+        if fixed:
+            return fixed
+        expected = self.clock.expected_s(requests)
+        return min(MAX_VISIBILITY_S, self.settings.min_visibility_s + 2 * expected)
+
+    async def _connect(self) -> bool:
+        """Consumer group and first heartbeat, waiting out Redis being down (logged once)."""
+        while not self._stopping.is_set():
+            try:
+                await ensure_group(self.client, self.keys)
+                await self._beat()
+                self.outage.ok()
+                return True
+            except RedisError as e:
+                self.outage.failed(e)
+                await self.outage.pause()
+        return False
+
     async def run(self) -> None:
-        await ensure_group(self.client, self.keys)
+        if not await self._connect():
+            return
         log.info(
             "worker %s reading %s (group %s) on %s, concurrency %d, batch %d",
             self.consumer,
@@ -139,7 +435,6 @@ class Worker:
             self.settings.concurrency,
             self.batch_size,
         )
-        await self._beat()
         loops = [asyncio.create_task(self._loop(i)) for i in range(self.settings.concurrency)]
         helpers = [asyncio.create_task(self._heartbeat()), asyncio.create_task(self._watch())]
         stopper = asyncio.create_task(self._stopping.wait())
@@ -149,7 +444,8 @@ class Worker:
                 self.request_stop()
         await self._drain(loops)
         self._helpers_stop.set()
-        await asyncio.gather(*helpers, return_exceptions=True)
+        stopper.cancel()
+        await asyncio.gather(*helpers, stopper, return_exceptions=True)
         with contextlib.suppress(RedisError):
             await self.client.zrem(self.keys.workers, self.consumer)
             pending = await self.client.xpending_range(
@@ -177,8 +473,8 @@ class Worker:
             self._abort.set()
             _, pending = await asyncio.wait(pending, timeout=30)
             for t in pending:
-                # Stuck inside one step: leave the job pending; XAUTOCLAIM gives it to another
-                # worker after the visibility timeout.
+                # Stuck inside one step: leave the job pending; another worker reclaims it
+                # after its visibility timeout.
                 t.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
 
@@ -196,21 +492,37 @@ class Worker:
         return self._helpers_stop.is_set()
 
     async def _beat(self) -> None:
-        await self.client.zadd(self.keys.workers, {self.consumer: time.time()})
+        """Liveness, and the renewal of every run we still own (one round trip)."""
+        jobs = list(self._active.values())
+        k = self.keys
+        lost = await self._heartbeat_script(
+            keys=[k.workers, k.stream, *(k.job(j.job_id) for j in jobs)],
+            args=[
+                time.time(),
+                self.consumer,
+                k.group,
+                *(x for j in jobs for x in (j.token, j.msg_id)),
+            ],
+        )
+        for msg_id in lost or []:
+            job = self._active.get(msg_id)
+            if job is not None and not job.lost and not job.ended:
+                log.warning(
+                    "job %s was given to another worker (this one was presumed dead); "
+                    "stopping this run",
+                    job.job_id,
+                )
+                job.lost = True
+                job.cancel.set()
 
     async def _heartbeat(self) -> None:
-        """Keep our jobs' idle time low (so nobody reclaims them) and announce liveness."""
-        interval = min(5.0, self.settings.visibility_timeout_s / 3)
-        while not await self._sleep(interval):
+        """Keep our runs' idle time low (so nobody reclaims them) and announce liveness."""
+        while not await self._sleep(self.heartbeat_interval_s):
             try:
                 await self._beat()
-                ids = [j.msg_id for j in self._active.values()]
-                if ids:
-                    await self.client.xclaim(
-                        self.keys.stream, self.keys.group, self.consumer, 0, ids, justid=True
-                    )
+                self.outage.ok()
             except RedisError as e:
-                log.warning("heartbeat failed: %s", e)
+                self.outage.failed(e)
 
     async def _watch(self) -> None:
         """Turn cancel flags in Redis into the thread-safe events the generator polls."""
@@ -221,7 +533,7 @@ class Worker:
             try:
                 flags = await self.client.mget([self.keys.cancel(j.job_id) for j in jobs])
             except RedisError as e:
-                log.warning("cancel check failed: %s", e)
+                self.outage.failed(e)
                 continue
             for job, flag in zip(jobs, flags, strict=True):
                 if flag is not None and not job.cancel.is_set():
@@ -238,7 +550,7 @@ class Worker:
                 now = time.monotonic()
                 if now - self._last_claim >= self.settings.claim_interval_s:
                     self._last_claim = now
-                    entries = await self._autoclaim()
+                    entries = await self._reclaim()
                 if not entries:
                     resp = await cancellable(
                         self.client.xreadgroup(
@@ -250,93 +562,156 @@ class Worker:
                         )
                     )
                     entries = [e for _s, es in (resp or []) for e in es]
+                self.outage.ok()
                 if entries:
                     await self._process(entries)
             except RedisError as e:
-                log.error("redis error in consume loop %d: %s; retrying in 1s", slot, e)
-                await asyncio.sleep(1.0)
+                if is_nogroup(e):
+                    await self._regroup()
+                    continue
+                self.outage.failed(e)
+                await self.outage.pause()
 
-    async def _autoclaim(self) -> list[tuple[str, dict[str, str]]]:
+    async def _regroup(self) -> None:
+        """Redis lost the consumer group (a restart without persistence): make it again."""
+        try:
+            await ensure_group(self.client, self.keys)
+            log.warning(
+                "consumer group %s of %s was gone (Redis restarted without persistence?); "
+                "re-created",
+                self.keys.group,
+                self.keys.stream,
+            )
+        except RedisError as e:
+            self.outage.failed(e)
+            await self.outage.pause()
+
+    async def _reclaim(self) -> list[tuple[str, dict[str, str]]]:
+        """Take over runs idle past their own visibility timeout (their worker is gone)."""
         k = self.keys
-        idle_ms = int(self.settings.visibility_timeout_s * 1000)
-        resp = await self.client.xautoclaim(
-            k.stream, k.group, self.consumer, idle_ms, "0-0", count=self.batch_size
+        s = self.settings
+        floor_ms = int((s.visibility_timeout_s or s.min_visibility_s) * 1000)
+        pending = await self.client.xpending_range(
+            k.stream, k.group, "-", "+", 4 * self.batch_size, idle=floor_ms
         )
-        claimed = resp[1]
-        deleted = resp[2] if len(resp) > 2 else []
-        if deleted:
+        pending = [p for p in pending if p["message_id"] not in self._active]
+        if not pending:
+            return []
+        ids = [p["message_id"] for p in pending]
+        async with self.client.pipeline(transaction=False) as p:
+            for mid in ids:
+                p.xrange(k.stream, mid, mid)
+            found = await p.execute()
+        gone = [mid for mid, rows in zip(ids, found, strict=True) if not rows]
+        live = [(mid, rows[0][1]) for mid, rows in zip(ids, found, strict=True) if rows]
+        if gone:
             # Trimmed from the stream while pending: nothing left to run.
-            await self.client.xack(k.stream, k.group, *deleted)
-        live = [(mid, f) for mid, f in claimed if f]
-        if live:
-            log.warning("reclaimed %d stalled job(s): %s", len(live), [m for m, _ in live])
-            await self.client.hincrby(k.stats, "reclaimed", len(live))
-        return live
+            await self.client.xack(k.stream, k.group, *gone)
+        if not live:
+            return []
+        async with self.client.pipeline(transaction=False) as p:
+            for _mid, fields in live:
+                p.hget(k.job(fields.get("job_id", "")), "visibility_ms")
+            vis = await p.execute()
+        async with self.client.pipeline(transaction=False) as p:
+            for (mid, _f), v in zip(live[: self.batch_size], vis, strict=False):
+                p.xclaim(k.stream, k.group, self.consumer, int(v or floor_ms), [mid])
+            claimed = await p.execute()
+        taken = [e for rows in claimed for e in rows if e and e[1]]
+        if taken:
+            log.warning(
+                "reclaimed %d job(s) whose worker went silent: %s",
+                len(taken),
+                [m for m, _ in taken],
+            )
+            await self.client.hincrby(k.stats, "reclaimed", len(taken))
+        return taken
 
     async def _process(self, entries: list[tuple[str, dict[str, str]]]) -> None:
-        runnable: list[_Job] = []
+        parsed: list[_Job] = []
         for msg_id, fields in entries:
-            job = await self._admit(msg_id, fields)
-            if job is not None:
-                # Active from now on: heartbeats keep it ours and cancel flags reach it even
-                # while an earlier group of this read is still on the GPU.
-                self._active[job.msg_id] = job
-                runnable.append(job)
+            try:
+                job_id, key = fields["job_id"], fields["key"]
+                request = GenerationRequest.model_validate_json(fields["request"])
+            except (KeyError, ValueError) as e:
+                await self._dead(msg_id, fields, f"malformed job message: {e}")
+                continue
+            parsed.append(
+                _Job(msg_id, job_id, key, request, fields, reply=fields.get("reply") or None)
+            )
+        if not parsed:
+            return
+        batches = hasattr(self.generator, "generate_batch")
         groups: dict[object, list[_Job]] = {}
+        for job in parsed:
+            bkey = batch_key(job.request, "") if batches else None
+            groups.setdefault(bkey if bkey is not None else job.msg_id, []).append(job)
+        runnable = await self._admit(parsed, groups)
         for job in runnable:
-            key = batch_key(job.request, "") if hasattr(self.generator, "generate_batch") else None
-            groups.setdefault(key if key is not None else job.msg_id, []).append(job)
+            # Active from now on: heartbeats keep it ours and cancel flags reach it even
+            # while an earlier group of this read is still on the GPU.
+            self._active[job.msg_id] = job
+        final: list[list[_Job]] = []
+        for jobs in groups.values():
+            ready = [j for j in jobs if j.attempt > 0]
+            final += [[j] for j in ready if j.solo]
+            if rest := [j for j in ready if not j.solo]:
+                final.append(rest)
         try:
-            for jobs in groups.values():
+            for jobs in final:
                 await self._run(jobs)
         finally:
-            # Jobs left unrun by an error stop being heartbeated: XAUTOCLAIM will retry them.
+            # Jobs left unrun by an error stop being heartbeated: another worker reclaims them.
             for job in runnable:
                 self._active.pop(job.msg_id, None)
 
-    async def _admit(self, msg_id: str, fields: dict[str, str]) -> _Job | None:
-        """Claim one message atomically; settle the ones that need no generation."""
+    async def _admit(self, parsed: list[_Job], groups: dict[object, list[_Job]]) -> list[_Job]:
+        """Claim a whole read in one call; settle the messages that need no generation."""
         k = self.keys
-        try:
-            job_id, key = fields["job_id"], fields["key"]
-            request = GenerationRequest.model_validate_json(fields["request"])
-        except (KeyError, ValueError) as e:
-            await self._dead(msg_id, fields, f"malformed job message: {e}", 0)
-            return None
-        attempt = int(
-            await self._claim(
-                keys=[k.job(job_id), k.result(key)],
-                args=[self.consumer, time.time(), self.settings.result_ttl_s],
-            )
+        size = {id(j): len(g) for g in groups.values() for j in g}
+        vis = {id(j): self.visibility_s([x.request for x in g]) for g in groups.values() for j in g}
+        token = uuid.uuid4().hex
+        out = await self._claim(
+            keys=[x for j in parsed for x in (k.job(j.job_id), k.result(j.key))],
+            args=[
+                self.consumer,
+                time.time(),
+                self.settings.result_ttl_s,
+                token,
+                self.settings.max_worker_deaths,
+                *(x for j in parsed for x in (size[id(j)], int(vis[id(j)] * 1000))),
+            ],
         )
-        if attempt == -2:
-            # A previous worker stored the result but died before XACK: just finish up.
-            raw = await self.client.get(k.result(key))
-            await self._finish(msg_id, job_id, key, "done", {"result": raw or ""}, None)
-            return None
-        if attempt in (-1, -3):
-            await self.client.xack(k.stream, k.group, msg_id)
-            return None
-        if attempt > self.settings.max_attempts:
-            err = await self.client.hget(k.job(job_id), "error")
-            await self._dead(
-                msg_id,
-                fields,
-                f"gave up after {attempt - 1} attempt(s); last error: "
-                f"{err or 'the worker died during the job (killed, OOM or crash)'}",
-                attempt - 1,
-            )
-            return None
-        log.info(
-            "job %s attempt %d: %s %dx%d %r",
-            job_id,
-            attempt,
-            request.mode,
-            request.width,
-            request.height,
-            request.prompt[:60],
-        )
-        return _Job(msg_id, job_id, key, request, fields, attempt)
+        runnable: list[_Job] = []
+        for i, (job, (code, attempt, deaths, solo)) in enumerate(zip(parsed, out, strict=True)):
+            code = int(code)
+            if code == -2:
+                # Already stored (by a run whose worker died before acknowledging, or an
+                # identical job): finish this message with that result.
+                await self._settle(job, "ack")
+            elif code in (-1, -3):
+                await self.client.xack(k.stream, k.group, job.msg_id)
+            elif code == -4:
+                await self._dead(
+                    job.msg_id,
+                    job.fields,
+                    f"poison job: {deaths} worker(s) died while running it (killed, out of "
+                    "memory or crashed); not retried again",
+                )
+            else:
+                job.attempt, job.solo, job.token = int(attempt), bool(int(solo)), f"{token}:{i + 1}"
+                log.info(
+                    "job %s attempt %d%s: %s %dx%d %r",
+                    job.job_id,
+                    job.attempt,
+                    " (alone: its batch's worker died)" if job.solo else "",
+                    job.request.mode,
+                    job.request.width,
+                    job.request.height,
+                    job.request.prompt[:60],
+                )
+                runnable.append(job)
+        return runnable
 
     async def _run(self, jobs: list[_Job]) -> None:
         pumps = [asyncio.create_task(self._pump(j)) for j in jobs]
@@ -369,28 +744,36 @@ class Worker:
             except Exception as e:  # noqa: BLE001 - recorded on the job, retried, dead-lettered
                 log.exception("job(s) %s failed", [j.job_id for j in jobs])
                 error = e
+            elapsed = time.perf_counter() - t0
             for j in jobs:
-                j.progress.put_nowait(None)  # the pump sends what is queued, then ends
+                j.ended = True
+                j.progress_ready.set()  # the pump finishes the send in flight, then ends
             await asyncio.gather(*pumps, return_exceptions=True)
+            for j in [j for j in jobs if j.lost]:
+                log.info("job %s: run dropped, another worker owns it now", j.job_id)
+            live = [j for j in jobs if not j.lost]
             if results is not None:
+                self.clock.observe(elapsed, [j.request for j in jobs])
                 for j, res in zip(jobs, results, strict=True):
+                    if j.lost:
+                        continue
                     if j.cancel.is_set():
-                        await self._cancelled(j)
+                        await self._settle(j, "cancelled", error="cancelled while running")
                     else:
                         await self._store(j, res)
-                log.info(
-                    "job(s) %s done in %.2fs", [j.job_id for j in jobs], time.perf_counter() - t0
-                )
+                log.info("job(s) %s done in %.2fs", [j.job_id for j in jobs], elapsed)
             elif isinstance(error, GenerationCancelled):
-                for j in jobs:
+                for j in live:
                     if j.cancel.is_set():
-                        await self._cancelled(j)
+                        await self._settle(j, "cancelled", error="cancelled while running")
                     else:
                         await self._release(j)
             else:
+                assert error is not None
                 msg = f"{type(error).__name__}: {error}"
-                for j in jobs:
-                    await self._failed(j, msg)
+                again = retryable(error)
+                for j in live:
+                    await self._failed(j, msg, again)
         finally:
             for j in jobs:
                 self._active.pop(j.msg_id, None)
@@ -398,148 +781,178 @@ class Worker:
 
     def _progress_cb(self, job: _Job) -> ProgressCallback:
         def cb(step: int, total: int) -> None:
-            job.progress.put_nowait((step, total))
+            job.progress.append((step, total))
+            job.progress_ready.set()
 
         return cb
 
     async def _pump(self, job: _Job) -> None:
-        """Progress events in order, from one task per job (callbacks must not await)."""
-        while (item := await job.progress.get()) is not None:
-            step, total = item
+        """Progress events in order, coalesced: whatever queued up goes in one round trip.
+        What is left when the run ends travels with the settle call instead."""
+        while True:
+            await job.progress_ready.wait()
+            if job.ended:
+                return
+            job.progress_ready.clear()
+            batch, job.progress = job.progress, []
             try:
-                await self._emit(job.job_id, {"type": "progress", "step": step, "total": total})
+                await self._emit_progress(job, batch)
             except RedisError as e:
-                log.warning("job %s: progress event lost: %s", job.job_id, e)
+                log.debug("job %s: progress events lost: %s", job.job_id, e)
 
-    async def _emit(self, job_id: str, fields: dict[str, Any]) -> None:
-        ev = self.keys.events(job_id)
+    async def _emit_progress(self, job: _Job, steps: list[tuple[int, int]]) -> None:
+        ev = self.keys.events(job.job_id)
         async with self.client.pipeline(transaction=False) as p:
-            p.xadd(ev, fields, maxlen=1000, approximate=True)
+            for step, total in steps:
+                fields = {"type": "progress", "step": step, "total": total}
+                p.xadd(ev, fields, maxlen=EVENTS_MAXLEN, approximate=True)
+                if job.reply:
+                    p.xadd(
+                        job.reply,
+                        {"job_id": job.job_id, **fields},
+                        maxlen=EVENTS_MAXLEN,
+                        approximate=True,
+                    )
             p.expire(ev, EVENTS_TTL_S)
+            if job.reply:
+                p.expire(job.reply, REPLY_TTL_S)
             await p.execute()
 
-    # -- terminal transitions ------------------------------------------------------------
+    # -- terminal transitions (each one script, retried through a Redis outage) -----------
+
+    async def _ride_out(self, call: Callable[[], Any]) -> Any:
+        """Run a terminal write; through a Redis outage keep trying for outage_timeout_s (the
+        job stays pending if Redis never comes back, and another worker reclaims it)."""
+        deadline = time.monotonic() + self.settings.outage_timeout_s
+        while True:
+            try:
+                out = await call()
+                self.outage.ok()
+                return out
+            except LINK_ERRORS as e:
+                self.outage.failed(e)
+                if time.monotonic() > deadline:
+                    raise
+                await self.outage.pause()
+
+    def _event_keys(self, job_id: str, reply: str | None) -> tuple[list[str], list[str]]:
+        k = self.keys
+        head = [k.job(job_id), k.events(job_id)]
+        return head, ([reply] if reply else [])
+
+    async def _settle(
+        self,
+        job: _Job,
+        mode: Literal["done", "ack", "cancelled"],
+        *,
+        raw: str = "",
+        sha: str = "",
+        error: str = "",
+    ) -> str:
+        k = self.keys
+        progress, job.progress = job.progress, []
+        head, tail = self._event_keys(job.job_id, job.reply)
+        keys = [*head, k.inflight(job.key), k.stats, k.stream, k.result(job.key), *tail]
+        args: list[str | int | float] = [
+            mode,
+            job.token,
+            job.job_id,
+            k.group,
+            job.msg_id,
+            time.time(),
+            EVENTS_TTL_S,
+            self.settings.result_ttl_s,
+            raw,
+            sha,
+            error,
+            len(progress),
+            *(x for pair in progress for x in pair),
+        ]
+        out = str(await self._ride_out(lambda: self._settle_script(keys=keys, args=args)))
+        if mode == "cancelled" and out != "stale":
+            log.info("job %s cancelled", job.job_id)
+        return out
 
     async def _store(self, job: _Job, result: GenerationResult) -> None:
-        k = self.keys
         result = result.model_copy(update={"job_id": job.job_id})
-        raw = result.model_dump_json()
-        first = await self.client.set(
-            k.result(job.key), raw, nx=True, ex=self.settings.result_ttl_s
-        )
-        if not first:
+        out = await self._settle(job, "done", raw=result.model_dump_json(), sha=result.image.sha256)
+        if out == "duplicate":
             # Another worker finished this job too (we were presumed dead): keep its result.
             log.warning(
                 "job %s: result already stored by another worker; not overwriting", job.job_id
             )
-            raw = await self.client.get(k.result(job.key)) or raw
-        await self._finish(
-            job.msg_id,
-            job.job_id,
-            job.key,
-            "done",
-            {"result": raw, "sha256": result.image.sha256},
-            "completed" if first else "duplicates",
-        )
-
-    async def _finish(
-        self,
-        msg_id: str,
-        job_id: str,
-        key: str,
-        state: str,
-        extra: dict[str, str],
-        counter: str | None,
-    ) -> None:
-        k = self.keys
-        event_type = {"done": "done", "cancelled": "cancelled"}.get(state, "failed")
-        async with self.client.pipeline(transaction=True) as p:
-            p.hset(
-                k.job(job_id),
-                mapping={
-                    "state": state,
-                    "finished_at": time.time(),
-                    **{f: v for f, v in extra.items() if f != "result"},
-                },
-            )
-            p.xadd(k.events(job_id), {"type": event_type, **extra}, maxlen=1000)
-            p.expire(k.events(job_id), EVENTS_TTL_S)
-            p.eval(DEL_IF_EQ, 1, k.inflight(key), job_id)
-            if counter:
-                p.hincrby(k.stats, counter, 1)
-            p.xack(k.stream, k.group, msg_id)
-            await p.execute()
-
-    async def _cancelled(self, job: _Job) -> None:
-        log.info("job %s cancelled", job.job_id)
-        await self._finish(
-            job.msg_id,
-            job.job_id,
-            job.key,
-            "cancelled",
-            {"error": "cancelled while running"},
-            "cancelled",
-        )
-
-    def _requeue(self, job: _Job, p: Any) -> None:
-        p.xadd(self.keys.stream, job.fields, maxlen=self.settings.max_stream_len, approximate=True)
-        p.xack(self.keys.stream, self.keys.group, job.msg_id)
 
     async def _release(self, job: _Job) -> None:
         """Shutdown: give the job back at once (this attempt does not count)."""
         k = self.keys
         log.info("job %s released for another worker", job.job_id)
-        async with self.client.pipeline(transaction=True) as p:
-            self._requeue(job, p)
-            p.hincrby(k.job(job.job_id), "attempts", -1)
-            p.hset(k.job(job.job_id), "state", "queued")
-            p.hincrby(k.stats, "released", 1)
-            await p.execute()
-
-    async def _failed(self, job: _Job, error: str) -> None:
-        k = self.keys
-        if job.attempt >= self.settings.max_attempts:
-            await self._dead(job.msg_id, job.fields, error, job.attempt)
-            return
-        log.warning(
-            "job %s attempt %d/%d failed, re-queued: %s",
-            job.job_id,
-            job.attempt,
-            self.settings.max_attempts,
-            error,
-        )
-        async with self.client.pipeline(transaction=True) as p:
-            self._requeue(job, p)
-            p.hset(k.job(job.job_id), mapping={"state": "queued", "error": error})
-            p.xadd(
-                k.events(job.job_id),
-                {"type": "retry", "error": error, "attempt": job.attempt},
-                maxlen=1000,
+        fields = [x for kv in job.fields.items() for x in kv]
+        await self._ride_out(
+            lambda: self._release_script(
+                keys=[k.job(job.job_id), k.stream, k.stats],
+                args=[job.token, k.group, job.msg_id, self.settings.max_stream_len, *fields],
             )
-            p.expire(k.events(job.job_id), EVENTS_TTL_S)
-            p.hincrby(k.stats, "retries", 1)
-            await p.execute()
+        )
 
-    async def _dead(self, msg_id: str, fields: dict[str, str], error: str, attempts: int) -> None:
+    async def _failed(self, job: _Job, error: str, again: bool) -> None:
+        out = await self._fail(job.msg_id, job.fields, error, again, job.token, job.reply)
+        if out == "retry":
+            log.warning(
+                "job %s attempt %d failed, re-queued (%d attempt(s) at most): %s",
+                job.job_id,
+                job.attempt,
+                self.settings.max_attempts,
+                error,
+            )
+
+    async def _dead(self, msg_id: str, fields: dict[str, str], error: str) -> None:
+        """Dead-letter a message that must not run (malformed, or a poison job)."""
+        await self._fail(msg_id, fields, error, False, "", fields.get("reply") or None)
+
+    async def _fail(
+        self,
+        msg_id: str,
+        fields: dict[str, str],
+        error: str,
+        again: bool,
+        token: str,
+        reply: str | None,
+    ) -> str:
         k = self.keys
-        job_id = fields.get("job_id", f"malformed-{msg_id}")
+        job_id = fields.get("job_id") or f"malformed-{msg_id}"
         key = fields.get("key", "")
-        log.error("job %s dead-lettered after %d attempt(s): %s", job_id, attempts, error)
-        await self.client.xadd(
-            k.dead,
-            {
-                **fields,
-                "job_id": job_id,
-                "error": error,
-                "attempts": attempts,
-                "worker": self.consumer,
-                "failed_at": time.time(),
-                "message_id": msg_id,
-            },
-        )
-        await self._finish(
-            msg_id, job_id, key, "dead", {"error": error, "attempts": str(attempts)}, "dead"
-        )
+        extra = {
+            "job_id": job_id,
+            "error": error,
+            "retryable": "1" if again else "0",
+            "worker": self.consumer,
+            "failed_at": str(time.time()),
+            "message_id": msg_id,
+        }
+        dead = {**{f: v for f, v in fields.items() if f != "attempts"}, **extra}
+        requeue = [x for kv in fields.items() for x in kv]
+        head, tail = self._event_keys(job_id, reply)
+        keys = [*head, k.inflight(key), k.stats, k.stream, k.dead, *tail]
+        args: list[str | int | float] = [
+            token,
+            "",
+            job_id,
+            k.group,
+            msg_id,
+            time.time(),
+            EVENTS_TTL_S,
+            error,
+            "1" if again else "0",
+            self.settings.max_attempts,
+            self.settings.max_stream_len,
+            len(requeue),
+            *requeue,
+            *(x for kv in dead.items() for x in kv),
+        ]
+        out = str(await self._ride_out(lambda: self._fail_script(keys=keys, args=args)))
+        if out == "dead":
+            log.error("job %s dead-lettered: %s", job_id, error)
+        return out
 
 
 # -- process entry points ---------------------------------------------------------------
@@ -589,6 +1002,7 @@ async def run_worker(
         queue,
         consumer=consumer,
         batch_size=generator.max_batch_size if backend == "diffusers" else 1,
+        default_steps=generator.steps,
     )
     worker.install_signal_handlers()
     try:
@@ -601,7 +1015,7 @@ async def run_worker(
 def main(argv: list[str] | None = None) -> None:
     import typer
 
-    from generators.worker_cli import worker
+    from cli.worker import worker
 
     app = typer.Typer(add_completion=False)
     app.command()(worker)

@@ -1,31 +1,48 @@
 """Programmatic entry points.
 
     settings = Settings()
+    async with Runner(settings) as runner:          # graphs.runner: stream, resume, run folder
+        outcome = await runner.run("the 2026 Zephyr X1 drone over Lake Bled")
+
+or, lower down, a compiled graph:
+
     async with open_checkpointer(settings) as saver:
-        services = Services(settings)
-        graph = build_graph(settings, checkpointer=saver, services=services)
+        graph = build_graph(settings, checkpointer=saver, services=Services(settings))
         await graph.ainvoke({"request": "..."}, {"configurable": {"thread_id": "t1"}})
-        await services.aclose()
 
 `checkpointer=None` compiles without persistence: right for `langgraph dev` / LangGraph
-Server, which bring their own, and for one-off calls. The CLI always passes the SQLite saver.
+Server, which bring their own, and for one-off calls.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal, get_args
 
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph.state import CompiledStateGraph
 
 from agent.services import Services
 from agent.settings import RunContext, Settings
-from agent.state import RunState
+from agent.state import RunInput, RunOutput, RunState
+from core.errors import GroundworkError, InputError
 from graphs.planned import build_planned
+from graphs.react import build_react
 
-Policy = Literal["planned"]
+Policy = Literal["planned", "react"]
+Graph = CompiledStateGraph[RunState, RunContext, RunInput, RunOutput]
+POLICIES: dict[str, Callable[[Services, BaseCheckpointSaver | None], Graph]] = {
+    "planned": build_planned,
+    "react": build_react,
+}
+
+
+class CheckpointError(GroundworkError):
+    """The checkpoint database cannot be used (disk full, unreadable)."""
 
 
 def build_graph(
@@ -34,7 +51,7 @@ def build_graph(
     *,
     policy: Policy = "planned",
     services: Services | None = None,
-) -> CompiledStateGraph[RunState, RunContext, RunState, RunState]:
+) -> Graph:
     """Compile a policy graph.
 
     Pass `services` to control their lifetime (`await services.aclose()`); without it the graph
@@ -42,17 +59,72 @@ def build_graph(
     """
     settings = settings or Settings()
     services = services or Services(settings)
-    if policy != "planned":
-        raise ValueError(f"unknown policy {policy!r}; available: planned")
-    return build_planned(services, checkpointer)
+    try:
+        factory = POLICIES[policy]
+    except KeyError:
+        raise InputError(
+            f"unknown policy {policy!r}; available: {', '.join(get_args(Policy))}"
+        ) from None
+    return factory(services, checkpointer)
+
+
+def check_database(path: Path) -> str | None:
+    """None when the SQLite file is usable; else moves a corrupt one aside and says so.
+
+    A corrupt or truncated file is kept (renamed beside itself) and a fresh one takes its place,
+    so new runs keep working; the threads saved in the old file can no longer resume.
+    """
+    if not path.exists():
+        return None
+    try:
+        with sqlite3.connect(path, timeout=5) as conn:
+            row = conn.execute("PRAGMA quick_check").fetchone()
+        if row and row[0] == "ok":
+            return None
+        problem = str(row[0] if row else "no answer to quick_check")
+    except sqlite3.DatabaseError as exc:
+        if "locked" in str(exc) or "busy" in str(exc):
+            return None
+        problem = str(exc)
+    kept = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
+    path.rename(kept)
+    for suffix in ("-wal", "-shm"):
+        side = path.with_name(path.name + suffix)
+        if side.exists():
+            side.rename(kept.with_name(kept.name + suffix))
+    return (
+        f"the checkpoint database {path} was corrupt ({problem}); kept it as {kept} and started "
+        "a fresh one (threads saved in the old file cannot resume)"
+    )
 
 
 @asynccontextmanager
-async def open_checkpointer(settings: Settings) -> AsyncIterator[BaseCheckpointSaver]:
+async def open_checkpointer(
+    settings: Settings, *, on_notice: Callable[[str], Any] | None = None
+) -> AsyncIterator[BaseCheckpointSaver]:
     """The default persistence: a SQLite file, so a killed run resumes by its thread id."""
     from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
     path = settings.checkpoint_db.expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    async with AsyncSqliteSaver.from_conn_string(str(path)) as saver:
-        yield saver
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        notice = check_database(path)
+    except OSError as exc:
+        raise CheckpointError(
+            f"cannot open the checkpoint database {path}: {exc.strerror or exc}; free disk space "
+            "or set GROUNDWORK_CHECKPOINT_DB to a writable file"
+        ) from exc
+    if notice and on_notice is not None:
+        on_notice(notice)
+    try:
+        async with AsyncSqliteSaver.from_conn_string(str(path)) as saver:
+            # WAL + synchronous=NORMAL: a commit survives a killed process (what resume needs)
+            # without an fsync per stage; only a power cut can lose the last stages.
+            await saver.conn.execute("PRAGMA journal_mode=WAL")
+            await saver.conn.execute("PRAGMA synchronous=NORMAL")
+            yield saver
+    except sqlite3.OperationalError as exc:
+        raise CheckpointError(
+            f"the checkpoint database {path} failed: {exc}; free disk space or set "
+            "GROUNDWORK_CHECKPOINT_DB to another file (progress up to the last stage is kept)"
+        ) from exc

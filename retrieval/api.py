@@ -7,30 +7,34 @@ embedder machinery (torch, faiss, open_clip) loads lazily, when first needed.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from pydantic import BaseModel, Field
+from retrieval.types import (
+    ImageTooLarge,
+    IndexCorruptError,
+    IndexMismatchError,
+    KBHit,
+    KnowledgeBaseUnavailable,
+    VectorIndexError,
+)
 
 if TYPE_CHECKING:
     from PIL import Image
 
     from retrieval.settings import RetrievalSettings
 
-
-class KBHit(BaseModel):
-    id: int = Field(description="Stable id of the entry in its index.")
-    score: float
-    kind: Literal["image", "text"]
-    path: str | None = Field(default=None, description="Local file the entry came from.")
-    url: str | None = None
-    caption: str = ""
-    text: str | None = Field(default=None, description="The passage, for text entries.")
-    source: str = ""
-    sha256: str = ""
-
-
-class KnowledgeBaseUnavailable(RuntimeError):
-    """No knowledge base at the configured folder, or its models cannot be loaded (says why)."""
+__all__ = [
+    "ImageRanker",
+    "ImageTooLarge",
+    "IndexCorruptError",
+    "IndexMismatchError",
+    "KBHit",
+    "KnowledgeBaseAPI",
+    "KnowledgeBaseUnavailable",
+    "VectorIndexError",
+    "make_image_ranker",
+    "open_knowledge_base",
+]
 
 
 class KnowledgeBaseAPI(Protocol):
@@ -48,6 +52,8 @@ class ImageRanker(Protocol):
 
 
 def open_knowledge_base(settings: RetrievalSettings) -> KnowledgeBaseAPI:
+    """Raises only `KnowledgeBaseUnavailable` (or a subclass: a corrupt or mismatched index),
+    never a faiss/numpy error: the caller turns it into a failed tool call, not a crash."""
     from retrieval.kb import KnowledgeBase  # lazy: torch/faiss only when used
 
     return KnowledgeBase.open(settings)

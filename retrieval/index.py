@@ -5,7 +5,7 @@ On disk an index is a folder:
     CURRENT              name of the live version folder (replaced atomically)
     v000007/index.faiss  faiss.write_index output
     v000007/sidecar.jsonl  one JSON object per entry (id -> path/url, caption, source, sha256, ...)
-    v000007/manifest.json  embedder name/tag/dim, metric, kind, count, file sizes
+    v000007/manifest.json  embedder name/tag/dim, metric, kind, count, file sizes and sha256
     v000007/tombstones.npy (HNSW only) ids deleted but still in the graph
 
 A save writes a new version folder, fsyncs it, then swaps CURRENT with `os.replace`: a crash at
@@ -16,13 +16,21 @@ Kinds: `flat` (exact, `IndexIDMap2(IndexFlatIP)`), `ivf` (`IndexIVFFlat`, traine
 native ids, hashtable direct map so ids can be reconstructed and removed), `hnsw`
 (`IndexIDMap2(IndexHNSWFlat)`; faiss cannot remove from HNSW, so deletes are tombstones
 filtered at search time and compacted away when they pile up or an id is re-added).
+
+Opening verifies before it trusts: CURRENT must name a version folder, every file the manifest
+lists must have its size and sha256, the faiss object must be the kind, dimension and count the
+manifest says, and the sidecar must be rows of the ids in the index. Anything else raises
+`IndexCorruptError` (one line: what is wrong, where, how to rebuild), never a faiss or numpy
+error and never silently ranked garbage.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -30,25 +38,49 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from retrieval.embedders.base import EmbedderSpec
+from retrieval.types import IndexCorruptError, IndexMismatchError, VectorIndexError
+
+__all__ = [
+    "FORMAT_VERSION",
+    "IndexConfig",
+    "IndexCorruptError",
+    "IndexMismatchError",
+    "Manifest",
+    "VectorIndex",
+    "VectorIndexError",
+    "check_compatible",
+]
 
 IndexKind = Literal["flat", "ivf", "hnsw"]
-FORMAT_VERSION = 1
+# 2: the manifest carries a sha256 per file. Format 1 had sizes only, so a flipped byte in the
+# vectors was ranked instead of refused; such an index must be rebuilt.
+FORMAT_VERSION = 2
 IVF_MIN_VECTORS = 1_000  # below this an explicit "ivf" index stays exact: too little to train on
+DATA_FILES = ("index.faiss", "sidecar.jsonl", "tombstones.npy")
+REQUIRED_FILES = ("index.faiss", "sidecar.jsonl")
+_VERSION_NAME = re.compile(r"v\d{6}")
+_OPEN_ATTEMPTS = 3  # a writer may swap versions while we read: retry when CURRENT moved
 
 
-class VectorIndexError(RuntimeError):
-    """Base class; `IndexMismatchError` and `IndexCorruptError` say what to do."""
+def rebuild_hint(path: Path) -> str:
+    """The fix every corruption message ends with (the index cannot be repaired in place)."""
+    return (
+        f"Rebuild it: `groundwork kb add --rebuild PATH...` (re-ingests your files), or delete "
+        f"{path} and ingest again."
+    )
 
 
-class IndexMismatchError(VectorIndexError):
-    """The index on disk was built by a different embedder (name, tag or dimension)."""
+def _one_line(text: object) -> str:
+    """faiss errors span lines ("Error in ... at file:line: ..."); messages stay one line."""
+    return " ".join(str(text).split())[:300]
 
 
-class IndexCorruptError(VectorIndexError):
-    """Files of the live version are missing or disagree with the manifest."""
+def sha256_of(path: Path) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 class IndexConfig(BaseModel):
@@ -82,6 +114,9 @@ class Manifest(BaseModel):
     version: int = 0
     updated_at: float = 0.0
     files: dict[str, int] = Field(default_factory=dict, description="file name -> size in bytes")
+    checksums: dict[str, str] = Field(
+        default_factory=dict, description="file name -> sha256 (hex) of its bytes"
+    )
 
 
 def _fsync_file(path: Path) -> None:
@@ -410,18 +445,21 @@ class VectorIndex:
             shutil.rmtree(tmp)
         tmp.mkdir()
         files: dict[str, int] = {}
+        checksums: dict[str, str] = {}
         faiss.write_index(self._index, str(tmp / "index.faiss"))
         _write_sidecar(tmp / "sidecar.jsonl", self.meta)
         if self._tombstones:
             np.save(tmp / "tombstones.npy", np.fromiter(self._tombstones, dtype=np.int64))
-        for name in ("index.faiss", "sidecar.jsonl", "tombstones.npy"):
+        for name in DATA_FILES:
             p = tmp / name
             if p.exists():
                 _fsync_file(p)
                 files[name] = p.stat().st_size
+                checksums[name] = sha256_of(p)
         self._version = version
         manifest = self.manifest()
         manifest.files = files
+        manifest.checksums = checksums
         mpath = tmp / "manifest.json"
         mpath.write_text(manifest.model_dump_json(indent=2), encoding="utf-8")
         _fsync_file(mpath)
@@ -454,19 +492,70 @@ class VectorIndex:
         return (Path(path) / "CURRENT").is_file()
 
     @staticmethod
-    def read_manifest(path: Path) -> Manifest:
+    def live_dir(path: Path) -> Path:
+        """The version folder CURRENT names; checked, so an edited CURRENT cannot point outside."""
         path = Path(path)
         cur = path / "CURRENT"
         if not cur.is_file():
             raise FileNotFoundError(f"No index at {path} (no CURRENT file).")
-        live = path / cur.read_text(encoding="utf-8").strip()
+        try:
+            name = cur.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise IndexCorruptError(
+                f"Index at {path}: CURRENT cannot be read ({_one_line(exc)}). {rebuild_hint(path)}"
+            ) from exc
+        if not _VERSION_NAME.fullmatch(name):
+            raise IndexCorruptError(
+                f"Index at {path}: CURRENT holds {name[:40]!r}, not a version folder name like "
+                f"v000001. {rebuild_hint(path)}"
+            )
+        live = path / name
+        if not live.is_dir():
+            raise IndexCorruptError(
+                f"Index at {path}: CURRENT points to {name}, which does not exist. "
+                f"{rebuild_hint(path)}"
+            )
+        return live
+
+    @staticmethod
+    def read_manifest(path: Path) -> Manifest:
+        path = Path(path)
+        live = VectorIndex.live_dir(path)
         mpath = live / "manifest.json"
         if not mpath.is_file():
             raise IndexCorruptError(
                 f"Index at {path}: CURRENT points to {live.name}, which has no manifest.json. "
-                "Restore the folder from a backup or delete it and re-ingest."
+                f"{rebuild_hint(path)}"
             )
-        return Manifest.model_validate_json(mpath.read_text(encoding="utf-8"))
+        try:
+            raw = mpath.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise IndexCorruptError(
+                f"Index at {path}: {mpath.name} cannot be read ({_one_line(exc)}). "
+                f"{rebuild_hint(path)}"
+            ) from exc
+        try:
+            fmt = json.loads(raw).get("format")
+        except (json.JSONDecodeError, AttributeError) as exc:
+            raise IndexCorruptError(
+                f"Index at {path}: {mpath} is not a JSON object. {rebuild_hint(path)}"
+            ) from exc
+        if fmt != FORMAT_VERSION:
+            why = (
+                "has no checksums (written by an older Groundwork)"
+                if isinstance(fmt, int) and fmt < FORMAT_VERSION
+                else f"has format {fmt!r}; this version reads {FORMAT_VERSION}"
+            )
+            raise IndexCorruptError(f"Index at {path} {why}. {rebuild_hint(path)}")
+        try:
+            return Manifest.model_validate_json(raw)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(x) for x in first["loc"]) or "(root)"
+            raise IndexCorruptError(
+                f"Index at {path}: {mpath.name} is invalid at {where} ({first['msg']}). "
+                f"{rebuild_hint(path)}"
+            ) from exc
 
     @classmethod
     def open(
@@ -475,40 +564,64 @@ class VectorIndex:
         expect: EmbedderSpec | None = None,
         config: IndexConfig | None = None,
     ) -> VectorIndex:
-        """Load the live version; refuses one built by another embedder than `expect`."""
-        faiss = _faiss()
-
+        """Load and verify the live version; refuses one built by another embedder than
+        `expect` (IndexMismatchError) and any file that is not what the manifest says
+        (IndexCorruptError). Never raises a faiss/numpy error."""
         path = Path(path)
+        for attempt in range(_OPEN_ATTEMPTS):
+            before = _current_name(path)
+            try:
+                return cls._open_once(path, expect, config)
+            except IndexCorruptError:
+                # A writer in another process swapped CURRENT and removed the folder we were
+                # reading: that is not corruption, read the new version.
+                if attempt + 1 < _OPEN_ATTEMPTS and _current_name(path) != before:
+                    continue
+                raise
+        raise AssertionError("unreachable")
+
+    @classmethod
+    def _open_once(
+        cls, path: Path, expect: EmbedderSpec | None, config: IndexConfig | None
+    ) -> VectorIndex:
         manifest = cls.read_manifest(path)
-        if manifest.format != FORMAT_VERSION:
-            raise IndexCorruptError(
-                f"Index at {path} has format {manifest.format}; this version reads "
-                f"{FORMAT_VERSION}. Re-ingest into a new folder."
-            )
         if expect is not None:
             check_compatible(path, manifest.embedder, expect)
-        live = path / (path / "CURRENT").read_text(encoding="utf-8").strip()
-        for name, size in manifest.files.items():
-            p = live / name
-            if not p.is_file() or p.stat().st_size != size:
-                raise IndexCorruptError(
-                    f"Index at {path}: {p} is missing or has the wrong size "
-                    f"(manifest says {size} bytes). Delete {path} and re-ingest."
-                )
+        live = cls.live_dir(path)
+        _verify_files(path, live, manifest)
+        try:
+            return cls._load_verified(path, live, manifest, config)
+        except VectorIndexError:
+            raise
+        except (RuntimeError, ValueError, TypeError, KeyError, AttributeError, OSError) as exc:
+            # The checksums matched, so the files are what was written; a failure here means
+            # the manifest and the files were replaced together by something else.
+            raise IndexCorruptError(
+                f"Index at {path}: {live.name} cannot be loaded ({type(exc).__name__}: "
+                f"{_one_line(exc)}). {rebuild_hint(path)}"
+            ) from exc
+
+    @classmethod
+    def _load_verified(
+        cls, path: Path, live: Path, manifest: Manifest, config: IndexConfig | None
+    ) -> VectorIndex:
+        faiss = _faiss()
+
         idx = cls(path, manifest.embedder, config)
         idx._index = faiss.read_index(str(live / "index.faiss"))
         idx.kind = manifest.kind
         idx._trained_at = manifest.trained_at_count
         idx._version = manifest.version
-        if idx._index.d != manifest.embedder.dim:
-            raise IndexCorruptError(
-                f"Index at {path}: faiss dimension {idx._index.d} != manifest "
-                f"{manifest.embedder.dim}. Delete the folder and re-ingest."
-            )
+        _check_structure(path, idx._index, manifest)
         idx.meta = _read_sidecar(live / "sidecar.jsonl")
         tomb = live / "tombstones.npy"
         if tomb.is_file():
-            idx._tombstones = set(np.load(tomb).tolist())
+            arr = np.load(tomb, allow_pickle=False)
+            if arr.ndim != 1 or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
+                raise IndexCorruptError(
+                    f"Index at {path}: {tomb.name} is not a list of ids. {rebuild_hint(path)}"
+                )
+            idx._tombstones = set(arr.tolist())
         if idx.kind == "flat":
             idx._ids = set(faiss.vector_to_array(idx._index.id_map).tolist())
         elif idx.kind == "hnsw":
@@ -518,13 +631,89 @@ class VectorIndex:
         if len(idx._ids) != manifest.count:
             raise IndexCorruptError(
                 f"Index at {path} holds {len(idx._ids)} vectors but its manifest says "
-                f"{manifest.count}. Delete the folder and re-ingest."
+                f"{manifest.count}. {rebuild_hint(path)}"
+            )
+        stray = idx.meta.keys() - idx._ids
+        if stray:
+            raise IndexCorruptError(
+                f"Index at {path}: sidecar.jsonl describes {len(stray)} ids that are not in "
+                f"the index (e.g. {min(stray)}). {rebuild_hint(path)}"
             )
         if idx.kind == "ivf" and config is not None:
             idx._index.nprobe = min(config.nprobe, idx._index.nlist)
         if idx.kind == "hnsw" and config is not None:
             faiss.downcast_index(idx._index.index).hnsw.efSearch = config.hnsw_ef_search
         return idx
+
+
+def _current_name(path: Path) -> str | None:
+    try:
+        return (path / "CURRENT").read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _verify_files(path: Path, live: Path, manifest: Manifest) -> None:
+    """Sizes first (cheap, catches truncation), then sha256 (catches altered bytes)."""
+    unknown = set(manifest.files) - set(DATA_FILES)
+    missing = [n for n in REQUIRED_FILES if n not in manifest.files]
+    unchecked = [n for n in manifest.files if n not in manifest.checksums]
+    if unknown or missing or unchecked:
+        what = (
+            f"lists unknown files {sorted(unknown)}"
+            if unknown
+            else f"does not list {missing}"
+            if missing
+            else f"has no checksum for {unchecked}"
+        )
+        raise IndexCorruptError(f"Index at {path}: the manifest {what}. {rebuild_hint(path)}")
+    for name, size in manifest.files.items():
+        p = live / name
+        if not p.is_file() or p.stat().st_size != size:
+            raise IndexCorruptError(
+                f"Index at {path}: {p} is missing or has the wrong size "
+                f"(manifest says {size} bytes). {rebuild_hint(path)}"
+            )
+    for name, want in manifest.checksums.items():
+        if name not in manifest.files:
+            continue
+        try:
+            got = sha256_of(live / name)
+        except OSError as exc:
+            raise IndexCorruptError(
+                f"Index at {path}: {live / name} cannot be read ({_one_line(exc)}). "
+                f"{rebuild_hint(path)}"
+            ) from exc
+        if got != want:
+            raise IndexCorruptError(
+                f"Index at {path}: {live / name} fails its checksum (sha256 {got[:12]}..., "
+                f"manifest says {want[:12]}...): the file was altered or damaged. "
+                f"{rebuild_hint(path)}"
+            )
+
+
+def _check_structure(path: Path, index: Any, manifest: Manifest) -> None:
+    """The faiss object must be the kind and dimension the manifest says, or the id and vector
+    accessors below would fail with SWIG errors (or read the wrong memory layout)."""
+    faiss = _faiss()
+
+    if index.d != manifest.embedder.dim:
+        raise IndexCorruptError(
+            f"Index at {path}: faiss dimension {index.d} != manifest "
+            f"{manifest.embedder.dim}. {rebuild_hint(path)}"
+        )
+    if manifest.kind == "ivf":
+        ok = isinstance(index, faiss.IndexIVFFlat)
+    else:
+        inner_type = faiss.IndexFlat if manifest.kind == "flat" else faiss.IndexHNSWFlat
+        ok = isinstance(index, faiss.IndexIDMap2) and isinstance(
+            faiss.downcast_index(index.index), inner_type
+        )
+    if not ok or index.metric_type != faiss.METRIC_INNER_PRODUCT:
+        raise IndexCorruptError(
+            f"Index at {path}: the faiss file holds a {type(index).__name__}, not the "
+            f"inner-product {manifest.kind} index the manifest says. {rebuild_hint(path)}"
+        )
 
 
 def check_compatible(path: Path, have: EmbedderSpec, want: EmbedderSpec) -> None:
@@ -569,6 +758,14 @@ def _read_sidecar(path: Path) -> dict[int, dict[str, Any]]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise IndexCorruptError(f"{path}:{line_no}: bad JSON ({exc}).") from exc
-            out[int(row.pop("id"))] = row
+                raise IndexCorruptError(
+                    f"{path}:{line_no}: bad JSON ({exc}). {rebuild_hint(path.parent.parent)}"
+                ) from exc
+            id_ = row.pop("id", None) if isinstance(row, dict) else None
+            if not isinstance(id_, int) or isinstance(id_, bool):
+                raise IndexCorruptError(
+                    f"{path}:{line_no}: not an object with an integer id. "
+                    f"{rebuild_hint(path.parent.parent)}"
+                )
+            out[id_] = row
     return out

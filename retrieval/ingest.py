@@ -7,15 +7,34 @@ Images: .jpg .jpeg .png .webp .gif .bmp .tif .tiff. Caption from a sidecar next 
 Text documents: .md .markdown .txt .text .rst (UTF-8), split into passages of about
 `chunk_chars` characters on paragraph boundaries, each carrying its nearest Markdown heading.
 PDFs and other binary documents are not parsed (skipped with that reason).
+
+What is given is what is read. Under a folder, a symlink is followed only when its target lies
+inside that folder (a link into the rest of the disk is skipped as "symlink outside folder";
+a caption sidecar that is such a link is ignored and reported the same way); links to folders
+are never descended (what they point to inside the folder is walked anyway, and loops are
+impossible). A file named on the command line is read even if it is a link: the user chose it.
+Files are opened without following a last-moment link swap (O_NOFOLLOW on the resolved path)
+and must be regular files (no FIFOs or devices that would block or never end).
+
+Caps, all reported as skips with the reason: any file over `max_file_mb`; documents over
+`max_document_mb`; caption sidecars over `max_caption_bytes` (the caption then comes from the
+file name); images declaring more than `max_image_pixels` in their header are refused before
+a single pixel is decoded (decompression bombs cost nothing). Passages and captions are
+stripped of terminal escape sequences and control characters (`retrieval.text.clean_text`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import os
 import re
+import stat
 import time
-from collections.abc import Callable, Iterable, Iterator
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -23,11 +42,15 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from retrieval.kb import Collection, KnowledgeBase, stable_id
+from retrieval.text import clean_text
 
 if TYPE_CHECKING:
     from PIL import Image
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
+# Decoders Pillow may use, whatever the extension says: not EPS/PS (Ghostscript), not the
+# dozens of rarely used plugins a crafted file could otherwise reach.
+IMAGE_FORMATS = ["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"]
 TEXT_EXTS = {".md", ".markdown", ".txt", ".text", ".rst"}
 CAPTION_KEYS = ("caption", "description", "title", "alt")
 SAVE_EVERY_FILES = 500
@@ -37,6 +60,8 @@ SkipReason = Literal[
     "duplicate",
     "unreadable",
     "too large",
+    "too many pixels",
+    "symlink outside folder",
     "not an image",
     "not UTF-8 text",
     "empty",
@@ -96,53 +121,130 @@ def caption_sidecars(path: Path) -> list[Path]:
     ]
 
 
-def read_caption(path: Path) -> str:
+class Refused(Exception):
+    """A file ingestion will not read, and why (internal: becomes a `Skipped` row)."""
+
+    def __init__(self, reason: SkipReason, detail: str) -> None:
+        super().__init__(detail)
+        self.reason: SkipReason = reason
+        self.detail = detail
+
+
+def _inside(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
+
+
+def read_confined(path: Path, root: Path | None, limit: int, what: str = "file") -> bytes:
+    """The bytes of `path`, refusing (Refused) a link that resolves outside `root` (None: no
+    confinement, for a file the user named), anything but a regular file, and more than
+    `limit` bytes. OSError when it cannot be read."""
+    real = Path(os.path.realpath(path))
+    if root is not None and not _inside(real, root):
+        raise Refused("symlink outside folder", f"{what} links to {real}, outside {root}")
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    fd = os.open(real, flags | getattr(os, "O_CLOEXEC", 0))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise Refused("unreadable", f"{what} is not a regular file")
+        too_big = f"{what} {st.st_size / 1e6:.2f} MB > the {limit / 1e6:.2f} MB cap"
+        if st.st_size > limit:
+            raise Refused("too large", too_big)
+        with os.fdopen(os.dup(fd), "rb") as fh:
+            data = fh.read(limit + 1)
+    finally:
+        os.close(fd)
+    if len(data) > limit:  # grew after the fstat
+        raise Refused("too large", too_big)
+    return data
+
+
+def _caption(path: Path, root: Path | None, max_bytes: int) -> tuple[str, list[Skipped]]:
+    """(caption, sidecars refused): the first usable sidecar, else the file name."""
+    refused: list[Skipped] = []
     for side in caption_sidecars(path):
         if not side.is_file():
             continue
         try:
-            raw = side.read_text(encoding="utf-8")
+            raw = read_confined(side, root, max_bytes, "caption sidecar").decode("utf-8-sig")
+        except Refused as exc:
+            detail = f"{exc.detail}; caption not read from it"
+            refused.append(Skipped(path=str(side), reason=exc.reason, detail=detail))
+            continue
         except (OSError, UnicodeDecodeError):
             continue
         if side.suffix == ".json":
             try:
                 data = json.loads(raw)
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, RecursionError):
                 continue
             if isinstance(data, dict):
                 for key in CAPTION_KEYS:
-                    if isinstance(data.get(key), str) and data[key].strip():
-                        return str(data[key]).strip()
+                    value = data.get(key)
+                    if isinstance(value, str) and clean_text(value).strip():
+                        return clean_text(value).strip(), refused
             continue
-        if raw.strip():
-            return raw.strip()
-    return caption_from_name(path)
+        if clean_text(raw).strip():
+            return clean_text(raw).strip(), refused
+    return clean_text(caption_from_name(path)), refused
 
 
-def walk(paths: Iterable[Path]) -> Iterator[Path]:
-    """Files under `paths` (hidden files/folders skipped), in a stable order."""
-    for root in paths:
-        root = Path(root)
-        if root.is_file():
-            yield root
+def read_caption(path: Path, root: Path | None = None, max_bytes: int = 16_384) -> str:
+    """The caption of an image: sidecar (confined to `root` when given) or file name."""
+    return _caption(path, root, max_bytes)[0]
+
+
+@dataclass(frozen=True)
+class Walked:
+    """A file to ingest (`refused` None) or a link the walk would not follow."""
+
+    path: Path  # as found (a link keeps its own name)
+    root: Path | None  # resolved folder it must stay inside; None = named by the user
+    sidecar_root: Path  # resolved folder its caption sidecars must stay inside
+    refused: Refused | None = None
+
+
+def walk(paths: Iterable[Path]) -> list[Walked]:
+    """Files under `paths` (hidden files/folders skipped), in a stable order. Folder links are
+    not descended; file links are kept when they resolve inside their folder, else refused."""
+    out: list[Walked] = []
+    for given in paths:
+        given = Path(given)
+        if not given.is_dir():  # a file (link or not) named by the user, or missing
+            parent = Path(os.path.realpath(given.parent))
+            out.append(Walked(given, None, parent))
             continue
-        if not root.is_dir():
-            yield root  # reported as unreadable
-            continue
-        for p in sorted(root.rglob("*")):
-            rel = p.relative_to(root)
-            if any(part.startswith(".") for part in rel.parts):
-                continue
-            if p.is_file():
-                yield p
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        root = Path(os.path.realpath(given))
+        found: list[Walked] = []
+        for dirpath, dirnames, filenames in os.walk(given, followlinks=False):
+            here = Path(dirpath)
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for d in dirnames:
+                sub = here / d
+                if sub.is_symlink():
+                    real = Path(os.path.realpath(sub))
+                    if not _inside(real, root):
+                        why = Refused(
+                            "symlink outside folder", f"folder link to {real}, outside {root}"
+                        )
+                        found.append(Walked(sub, root, root, why))
+            for name in filenames:
+                if name.startswith("."):
+                    continue
+                p = here / name
+                if p.is_symlink():
+                    real = Path(os.path.realpath(p))
+                    if not _inside(real, root):
+                        why = Refused("symlink outside folder", f"links to {real}, outside {root}")
+                        found.append(Walked(p, root, root, why))
+                        continue
+                    if not real.is_file():
+                        continue
+                elif not p.is_file():
+                    continue  # FIFOs, sockets, devices
+                found.append(Walked(p, root, root))
+        out.extend(sorted(found, key=lambda w: str(w.path)))
+    return out
 
 
 def chunk_text(text: str, chunk_chars: int = 800, overlap: int = 100) -> list[tuple[str, str]]:
@@ -250,37 +352,43 @@ class Ingestor:
 
     def run(self, paths: list[Path], *, prune: bool = False) -> IngestReport:
         t0 = time.perf_counter()
-        files = list(walk(paths))
+        walked = walk(paths)
+        # Sidecars are captions, not documents; compared by their own (unresolved) path so a
+        # sidecar that links elsewhere cannot hide the file it points to.
         captions = {
-            s.resolve()
-            for f in files
-            if f.suffix.lower() in IMAGE_EXTS
-            for s in caption_sidecars(f)
-            if s.is_file()
+            s.absolute()
+            for w in walked
+            if w.path.suffix.lower() in IMAGE_EXTS
+            for s in caption_sidecars(w.path)
+            if s.is_file() or s.is_symlink()
         }
-        files = [f for f in files if f.resolve() not in captions]
-        files = list({f.resolve(): f for f in files}.values())  # overlapping roots: once each
+        files = [w for w in walked if w.path.absolute() not in captions]
+        # Overlapping roots: once each (a link inside its folder and its target count once).
+        files = list(
+            {(w.path.absolute() if w.refused else w.path.resolve()): w for w in files}.values()
+        )
         total = len(files)
         # Load the models the files need before touching any: a configuration error (missing
         # weights, mismatched index) stops the run before work is done, not half-way through.
-        exts = {f.suffix.lower() for f in files}
+        exts = {w.path.suffix.lower() for w in files if w.refused is None}
         if exts & IMAGE_EXTS and self.settings.clip_model:
             self.kb.embedder("images")
         if exts & TEXT_EXTS:
             self.kb.embedder("passages")
         with self.kb.writing():
             self._index_state()
-            for n, f in enumerate(files, 1):
-                outcome = self._one(f)
+            for n, w in enumerate(files, 1):
+                outcome = self._one(w)
                 self.report.files_seen = n
                 if self.progress is not None:
-                    self.progress(Progress(done=n, total=total, path=str(f), outcome=outcome))
+                    self.progress(Progress(done=n, total=total, path=str(w.path), outcome=outcome))
                 if n % SAVE_EVERY_FILES == 0:
                     self._flush_all()
                     self.kb.save()
             self._flush_all()
             if prune:
-                self.report.removed_entries += self._prune(paths, {f.resolve() for f in files})
+                seen = {w.path.resolve() for w in files if w.refused is None}
+                self.report.removed_entries += self._prune(paths, seen)
             self.kb.save()
         self.report.seconds = time.perf_counter() - t0
         return self.report
@@ -289,15 +397,19 @@ class Ingestor:
         self.report.skipped.append(Skipped(path=str(path), reason=reason, detail=detail))
         return f"skipped: {reason}"
 
-    def _one(self, path: Path) -> str:
+    def _one(self, w: Walked) -> str:
+        path = w.path
+        if w.refused is not None:
+            return self._skip(path, w.refused.reason, w.refused.detail)
         ext = path.suffix.lower()
         if not path.is_file():
-            return self._skip(path, "unreadable", "no such file")
+            what = "not a regular file" if path.exists() else "no such file"
+            return self._skip(path, "unreadable", what)
+        limit = int(self.settings.max_file_mb * 1024 * 1024)
         try:
             size = path.stat().st_size
         except OSError as exc:
             return self._skip(path, "unreadable", str(exc))
-        limit = int(self.settings.max_file_mb * 1024 * 1024)
         if size > limit:
             return self._skip(
                 path, "too large", f"{size / 1e6:.1f} MB > {self.settings.max_file_mb} MB"
@@ -305,15 +417,33 @@ class Ingestor:
         if ext in IMAGE_EXTS:
             if not self.settings.clip_model:
                 return self._skip(path, "no CLIP model", "set retrieval.clip_model to index images")
-            return self._image(path)
+            return self._guarded(self._image, w, limit)
         if ext in TEXT_EXTS:
-            return self._document(path)
+            doc_limit = min(limit, int(self.settings.max_document_mb * 1024 * 1024))
+            if size > doc_limit:
+                return self._skip(
+                    path,
+                    "too large",
+                    f"document {size / 1e6:.1f} MB > {self.settings.max_document_mb} MB "
+                    "(retrieval.max_document_mb)",
+                )
+            return self._guarded(self._document, w, doc_limit)
         why = (
             "PDF is not parsed: convert it to text or Markdown"
             if ext == ".pdf"
             else (f"'{ext or path.name}' is neither an image nor a text document")
         )
         return self._skip(path, "unsupported type", why)
+
+    def _guarded(self, handler: Callable[[Walked, bytes], str], w: Walked, limit: int) -> str:
+        """Read through `read_confined` (links, special files, size) before any parsing."""
+        try:
+            data = read_confined(w.path, w.root, limit)
+        except Refused as exc:
+            return self._skip(w.path, exc.reason, exc.detail)
+        except OSError as exc:
+            return self._skip(w.path, "unreadable", exc.strerror or str(exc))
+        return handler(w, data)
 
     def _check_known(self, which: str, path: Path, sha: str) -> tuple[str | None, list[int]]:
         """('unchanged' | 'duplicate' | None, stale ids to replace)."""
@@ -326,27 +456,41 @@ class Ingestor:
             return "duplicate", []
         return None, known[1] if known else []
 
-    def _image(self, path: Path) -> str:
+    def _image(self, w: Walked, data: bytes) -> str:
         from PIL import Image, UnidentifiedImageError
 
-        try:
-            sha = sha256_file(path)
-        except OSError as exc:
-            return self._skip(path, "unreadable", str(exc))
+        path = w.path
+        sha = hashlib.sha256(data).hexdigest()
         state, stale = self._check_known("images", path, sha)
         if state == "unchanged":
             return self._skip(path, "unchanged")
         if state == "duplicate":
             return self._skip(path, "duplicate", f"same content as {self._by_sha['images'][sha]}")
+        cap = self.settings.max_image_pixels
         try:
-            with Image.open(path) as im:
-                im.draft("RGB", (512, 512))  # JPEG: decode at reduced size, CLIP needs little
-                width, height = im.size
-                rgb = _shrink(im.convert("RGB"))
-        except (UnidentifiedImageError, Image.DecompressionBombError, SyntaxError) as exc:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as im:
+                    width, height = im.size  # from the header: nothing decoded yet
+                    if width * height > cap:
+                        return self._skip(
+                            path,
+                            "too many pixels",
+                            f"{width}x{height} = {width * height:,} pixels > the {cap:,} cap "
+                            "(retrieval.max_image_pixels); not decoded",
+                        )
+                    if width <= 0 or height <= 0:
+                        return self._skip(path, "not an image", f"no pixels ({width}x{height})")
+                    im.draft("RGB", (512, 512))  # JPEG: decode at reduced size, CLIP needs little
+                    rgb = _shrink(im.convert("RGB"))
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            return self._skip(path, "too many pixels", f"refused by Pillow: {exc}")
+        except (UnidentifiedImageError, SyntaxError, ValueError, EOFError) as exc:
             return self._skip(path, "not an image", f"{type(exc).__name__}: {exc}")
         except OSError as exc:
             return self._skip(path, "not an image", str(exc))
+        caption, refused_sidecars = _caption(path, w.sidecar_root, self.settings.max_caption_bytes)
+        self.report.skipped.extend(refused_sidecars)
         key = str(path.resolve())
         new_id = stable_id(f"image:{key}")
         for old in stale:
@@ -355,7 +499,7 @@ class Ingestor:
         meta = {
             "kind": "image",
             "path": key,
-            "caption": read_caption(path),
+            "caption": caption,
             "source": path.resolve().as_uri(),
             "sha256": sha,
             "width": width,
@@ -374,11 +518,8 @@ class Ingestor:
             self._flush(b)
         return "updated" if stale else "added"
 
-    def _document(self, path: Path) -> str:
-        try:
-            raw = path.read_bytes()
-        except OSError as exc:
-            return self._skip(path, "unreadable", str(exc))
+    def _document(self, w: Walked, raw: bytes) -> str:
+        path = w.path
         sha = hashlib.sha256(raw).hexdigest()
         state, stale = self._check_known("passages", path, sha)
         if state == "unchanged":
@@ -391,7 +532,9 @@ class Ingestor:
             return self._skip(path, "not UTF-8 text", str(exc))
         if "\x00" in text:
             return self._skip(path, "not UTF-8 text", "contains NUL bytes (binary file?)")
-        chunks = chunk_text(text, self.settings.chunk_chars, self.settings.chunk_overlap)
+        chunks = chunk_text(
+            clean_text(text), self.settings.chunk_chars, self.settings.chunk_overlap
+        )
         if not chunks:
             return self._skip(path, "empty")
         key = str(path.resolve())
@@ -407,7 +550,7 @@ class Ingestor:
                 {
                     "kind": "text",
                     "path": key,
-                    "caption": heading or path.stem,
+                    "caption": heading or clean_text(path.stem),
                     "text": passage,
                     "chunk": n,
                     "source": path.resolve().as_uri(),

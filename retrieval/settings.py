@@ -63,3 +63,22 @@ class RetrievalSettings(BaseModel):
     max_file_mb: float = Field(
         default=50.0, gt=0, description="Files larger than this are skipped at ingestion."
     )
+    max_document_mb: float = Field(
+        default=5.0,
+        gt=0,
+        description="Text documents larger than this are skipped at ingestion (a 5 MB text is "
+        "~6,000 passages; bigger ones are usually logs or dumps, not knowledge).",
+    )
+    max_caption_bytes: int = Field(
+        default=16_384,
+        gt=0,
+        description="Caption sidecars (.txt/.json next to an image) larger than this are "
+        "ignored (the caption then comes from the file name) and reported.",
+    )
+    max_image_pixels: int = Field(
+        default=40_000_000,
+        gt=0,
+        description="Images declaring more pixels (width x height, read from the header) are "
+        "skipped before any pixel is decoded: the decompression-bomb guard, same default as "
+        "tools.max_image_pixels for downloaded images.",
+    )

@@ -26,7 +26,7 @@ except GeneratorError as exc:
 PYEOF
 then
   TINY=.groundwork/tiny-sd
-  [ -f "$TINY/model_index.json" ] || "$PY" -m generators.tiny "$TINY"
+  [ -f "$TINY/model_index.json" ] || "$PY" -m tests.support.tiny_pipeline "$TINY"
   export GROUNDWORK_GENERATOR__MODEL="$PWD/$TINY"
   export GROUNDWORK_GENERATOR__WIDTH="${GROUNDWORK_GENERATOR__WIDTH:-256}"
   export GROUNDWORK_GENERATOR__HEIGHT="${GROUNDWORK_GENERATOR__HEIGHT:-256}"

@@ -35,7 +35,7 @@ def web() -> Iterator[WebServer]:
 @pytest.fixture(scope="session")
 def tiny_pipeline(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random-init Stable Diffusion pipeline folder (~170 KB), built from config offline."""
-    from generators.tiny import build_tiny_pipeline
+    from tests.support.tiny_pipeline import build_tiny_pipeline
 
     return build_tiny_pipeline(tmp_path_factory.mktemp("tiny-sd") / "pipeline")
 

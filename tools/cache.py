@@ -10,14 +10,19 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import os
+import shutil
 import tempfile
 import time
 import unicodedata
 from pathlib import Path
 from typing import Any, Protocol
 
+from core.errors import GroundworkError
 from tools.settings import ToolSettings
+
+log = logging.getLogger(__name__)
 
 
 def normalize_query(query: str) -> str:
@@ -34,8 +39,25 @@ def cache_key(tool: str, query: str, **params: object) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
-class CacheError(RuntimeError):
+class CacheError(GroundworkError, RuntimeError):
     """The cache backend failed (Redis down, disk full); the message says which and where."""
+
+
+def _decode_record(raw: bytes | str) -> tuple[float, dict[str, Any]] | None:
+    """(expires, value) of a stored record, or None for anything else: bytes that are not
+    UTF-8, text that is not JSON (or nests past the stack), or JSON of the wrong shape."""
+    try:
+        record = json.loads(raw)
+    except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError included
+        return None
+    if not isinstance(record, dict):
+        return None
+    expires, value = record.get("expires"), record.get("value")
+    if isinstance(expires, bool) or not isinstance(expires, int | float):
+        return None
+    if not isinstance(value, dict):
+        return None
+    return float(expires), value
 
 
 class ToolCache(Protocol):
@@ -58,28 +80,53 @@ class DiskCache:
     def _get(self, key: str) -> dict[str, Any] | None:
         path = self._path(key)
         try:
-            record = json.loads(path.read_text())
+            raw = path.read_bytes()
         except FileNotFoundError:
             return None
-        except (OSError, json.JSONDecodeError):
-            path.unlink(missing_ok=True)  # a torn or foreign file is a miss, and goes away
+        except OSError as exc:  # a folder in its place, no permission, an I/O error
+            self._drop(path, f"unreadable ({exc.strerror or exc})")
             return None
-        if not isinstance(record, dict) or record.get("expires", 0) < time.time():
-            path.unlink(missing_ok=True)
+        record = _decode_record(raw)
+        if record is None:
+            self._drop(path, "not a cache record (bad encoding, JSON or fields)")
             return None
-        value = record.get("value")
-        return value if isinstance(value, dict) else None
+        expires, value = record
+        if expires < time.time():
+            self._drop(path, None)
+            return None
+        return value
+
+    @staticmethod
+    def _drop(path: Path, why: str | None) -> None:
+        """A torn, foreign or poisoned entry is a miss and goes away, so the refetched result
+        can take its place; if it cannot be removed either, the write will say so."""
+        if why:
+            log.warning("tool cache entry %s dropped: %s", path, why)
+        try:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+        except OSError as exc:
+            log.warning("tool cache entry %s could not be removed: %s", path, exc)
 
     def _set(self, key: str, value: dict[str, Any], ttl_s: int) -> None:
         path = self._path(key)
+        tmp = None
         try:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)  # a folder squatting on the entry's name
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-            with os.fdopen(fd, "w") as f:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
                 json.dump({"expires": time.time() + ttl_s, "value": value}, f)
             os.replace(tmp, path)
+            tmp = None
         except OSError as exc:
             raise CacheError(f"cannot write tool cache file {path}: {exc}") from exc
+        finally:
+            if tmp is not None:
+                Path(tmp).unlink(missing_ok=True)
 
     async def get(self, key: str) -> dict[str, Any] | None:
         return await asyncio.to_thread(self._get, key)
@@ -104,17 +151,34 @@ class RedisCache:
     async def get(self, key: str) -> dict[str, Any] | None:
         import redis.exceptions as rx
 
+        name = self.prefix + key
         try:
-            raw = await self._client.get(self.prefix + key)
+            raw = await self._client.get(name)
+        except rx.ResponseError as exc:  # WRONGTYPE: another kind of value under our key
+            await self._drop(name, str(exc))
+            return None
         except rx.RedisError as exc:
             raise CacheError(f"tool cache at {self.url}: {exc}") from exc
         if raw is None:
             return None
         try:
             value = json.loads(raw)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # not UTF-8, not JSON, or nested past the stack
+            value = None
+        if not isinstance(value, dict):
+            await self._drop(name, "not a JSON object")
             return None
-        return value if isinstance(value, dict) else None
+        return value
+
+    async def _drop(self, name: str, why: str) -> None:
+        """A poisoned entry is a miss and goes away (the refetched result replaces it)."""
+        import redis.exceptions as rx
+
+        log.warning("tool cache entry %s at %s dropped: %s", name, self.url, why)
+        try:
+            await self._client.delete(name)
+        except rx.RedisError as exc:
+            raise CacheError(f"tool cache at {self.url}: {exc}") from exc
 
     async def set(self, key: str, value: dict[str, Any], ttl_s: int) -> None:
         import redis.exceptions as rx

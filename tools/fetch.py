@@ -30,6 +30,7 @@ from urllib.parse import urljoin
 import httpcore
 import httpx
 
+from core.errors import GroundworkError
 from tools.netguard import AddressPolicy, IPAddress, normalize_host
 from tools.settings import ToolSettings
 
@@ -42,7 +43,7 @@ Resolver = Callable[[str, int], Awaitable[list[str]]]
 _REDIRECTS = {301, 302, 303, 307, 308}
 
 
-class FetchError(Exception):
+class FetchError(GroundworkError):
     """A download that was refused or failed; `kind` says which, the message says why."""
 
     def __init__(self, kind: FetchErrorKind, message: str) -> None:
@@ -202,20 +203,68 @@ class _GuardedTransport(httpx.AsyncHTTPTransport):
         )
 
 
+# Everything httpx/httpcore raise for a URL, a connection, a protocol violation or a body
+# they cannot decode. A hostile server can provoke any of them, so each becomes a FetchError.
+_HTTP_ERRORS: tuple[type[Exception], ...] = (
+    httpx.HTTPError,  # RequestError (transport, protocol, decoding, redirects), status errors
+    httpx.InvalidURL,
+    httpx.StreamError,
+    httpx.CookieConflict,
+    httpcore.NetworkError,
+    httpcore.ProtocolError,
+    httpcore.UnsupportedProtocol,
+    httpcore.ConnectionNotAvailable,
+    httpcore.ProxyError,
+)
+
+
+def _error_kind(exc: Exception) -> FetchErrorKind:
+    if isinstance(
+        exc,
+        httpx.InvalidURL
+        | httpx.UnsupportedProtocol
+        | httpx.LocalProtocolError
+        | httpcore.UnsupportedProtocol
+        | httpcore.LocalProtocolError,
+    ):
+        return "invalid_url"
+    if isinstance(exc, httpx.DecodingError):
+        return "bad_content"
+    return "network"
+
+
+def redirect_target(current: httpx.URL, location: str) -> httpx.URL:
+    """The next hop of a redirect, checked like any URL: a Location is written by the server,
+    so `javascript:`, `data:`, `mailto:`, `about:`, a bracket that never closes or a port past
+    65535 is a refused hop (FetchError), never an exception from a URL parser."""
+    try:
+        target = urljoin(str(current), location.strip())
+    except ValueError as exc:  # urllib: "Invalid IPv6 URL" and friends
+        raise FetchError(
+            "invalid_url", f"{current}: redirect to an unparsable Location {location[:200]!r}"
+        ) from exc
+    return validate_url(target)
+
+
 def validate_url(url: str) -> httpx.URL:
+    """Parse and check a URL to fetch; FetchError("invalid_url") says what is wrong."""
+    if not isinstance(url, str):
+        raise FetchError("invalid_url", f"not a URL: {url!r}")
     try:
         parsed = httpx.URL(url)
-    except (httpx.InvalidURL, TypeError, ValueError) as exc:
-        raise FetchError("invalid_url", f"not a valid URL: {url!r} ({exc})") from exc
-    if parsed.scheme not in ("http", "https"):
-        raise FetchError("invalid_url", f"only http/https URLs are fetched, not {url!r}")
-    if not parsed.host:
-        raise FetchError("invalid_url", f"URL has no host: {url!r}")
-    port = parsed.port
+        # `host` decodes IDNA on access and raises for a malformed A-label ("xn--"), and
+        # `port` for an out-of-range one: read them here, once, under the same guard.
+        scheme, host, port, userinfo = parsed.scheme, parsed.host, parsed.port, parsed.userinfo
+    except (httpx.InvalidURL, TypeError, ValueError) as exc:  # UnicodeError is a ValueError
+        raise FetchError("invalid_url", f"not a valid URL: {url[:300]!r} ({exc})") from exc
+    if scheme not in ("http", "https"):
+        raise FetchError("invalid_url", f"only http/https URLs are fetched, not {url[:300]!r}")
+    if not host:
+        raise FetchError("invalid_url", f"URL has no host: {url[:300]!r}")
     if port is not None and not 0 < port < 65536:
-        raise FetchError("invalid_url", f"bad port in {url!r}")
-    if parsed.userinfo:
-        raise FetchError("invalid_url", f"URLs with credentials are not fetched: {url!r}")
+        raise FetchError("invalid_url", f"bad port in {url[:300]!r}")
+    if userinfo:
+        raise FetchError("invalid_url", f"URLs with credentials are not fetched: {url[:300]!r}")
     return parsed
 
 
@@ -357,10 +406,10 @@ class SafeFetcher:
             raise FetchError(
                 "timeout", f"{url}: no complete response within {total:g}s (total timeout)"
             ) from exc
-        except httpx.TimeoutException as exc:
+        except (httpx.TimeoutException, httpcore.TimeoutException) as exc:
             raise FetchError("timeout", f"{url}: {type(exc).__name__} ({exc})") from exc
-        except (httpx.TransportError, httpcore.NetworkError) as exc:
-            raise FetchError("network", f"{url}: {type(exc).__name__}: {exc}") from exc
+        except _HTTP_ERRORS as exc:
+            raise FetchError(_error_kind(exc), f"{url}: {type(exc).__name__}: {exc}") from exc
 
     async def _fetch(
         self,
@@ -383,7 +432,15 @@ class SafeFetcher:
                 request = self._client.build_request(
                     "GET", current, headers={**hop_headers, **(headers or {})}
                 )
-                response = await self._client.send(request, stream=True)
+                try:
+                    response = await self._client.send(request, stream=True)
+                except ValueError as exc:
+                    # httpx parses a redirect's Location even when not following it, and a
+                    # malformed IDNA host there raises UnicodeError (a ValueError) from idna.
+                    raise FetchError(
+                        "invalid_url",
+                        f"{current}: unusable response ({type(exc).__name__}: {exc})",
+                    ) from exc
                 try:
                     if response.status_code in _REDIRECTS and "location" in response.headers:
                         if len(redirects) >= self.settings.max_redirects:
@@ -391,9 +448,8 @@ class SafeFetcher:
                                 "http",
                                 f"{url}: more than {self.settings.max_redirects} redirects",
                             )
-                        target = urljoin(str(current), response.headers["location"])
-                        redirects.append(target)
-                        current = validate_url(target)
+                        current = redirect_target(current, response.headers["location"])
+                        redirects.append(str(current))
                         continue
                     if response.status_code >= 400:
                         raise FetchError("http", f"{current}: HTTP {response.status_code}")

@@ -3,18 +3,24 @@
 Web pages and search results are attacker-controlled: a link or a redirect can point at
 127.0.0.1, an intranet host or the cloud metadata service (169.254.169.254). Every address a
 download is about to connect to is checked here, after DNS resolution, so hostnames, numeric
-tricks (`2130706433`, `0x7f.1`), IPv4-mapped IPv6 (`::ffff:127.0.0.1`) and 6to4/NAT64 wrappers
-are all judged by the address they really reach.
+tricks (`2130706433`, `0x7f.1`) and IPv6 translation/tunnel forms (IPv4-mapped and -compatible,
+SIIT, NAT64 `64:ff9b::/96` and `64:ff9b:1::/48`, 6to4, Teredo, ISATAP) are all judged by the
+IPv4 address they really reach.
 
 The allow-list exists for tests and intranets. Its entries are `host`, `host:port`, `[v6]:port`,
 `CIDR` or `CIDR:port`, so a test can allow one loopback server (`127.0.0.1:8081`) while
-another loopback port stays forbidden.
+another loopback port stays forbidden. A cloud-metadata address opens only for an entry naming
+that single address, and never through a translation form of it: a broad NAT64 or 6to4 entry
+for an intranet must not become a path to the instance's credentials.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass
+
+from core.errors import InputError
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -76,7 +82,44 @@ _V6_FORBIDDEN: tuple[tuple[ipaddress.IPv6Network, str], ...] = tuple(
     )
 )
 
-_NAT64 = (ipaddress.IPv6Network("64:ff9b::/96"), ipaddress.IPv6Network("64:ff9b:1::/48"))
+_NAT64_WELL_KNOWN = ipaddress.IPv6Network("64:ff9b::/96")
+_NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")
+_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
+_COMPATIBLE = ipaddress.IPv6Network("::/96")
+_TRANSLATED = ipaddress.IPv6Network("::ffff:0:0:0/96")  # SIIT, RFC 2765
+_ISATAP_IIDS = (b"\x00\x00\x5e\xfe", b"\x02\x00\x5e\xfe")
+
+
+def _v4(raw: bytes) -> ipaddress.IPv4Address:
+    return ipaddress.IPv4Address(raw)
+
+
+def embedded_ipv4(ip: ipaddress.IPv6Address) -> list[tuple[str, ipaddress.IPv4Address]]:
+    """Every IPv4 address `ip` may deliver packets to through a translation or tunnel form,
+    labelled with the form: mapped, compatible, SIIT, NAT64 (well-known and local-use, every
+    RFC 6052 layout a /48 to /96 local prefix allows), 6to4, Teredo (server and client), ISATAP."""
+    b = ip.packed
+    out: list[tuple[str, ipaddress.IPv4Address]] = []
+    if ip in _MAPPED:
+        out.append(("IPv4-mapped", _v4(b[12:])))
+    elif ip in _COMPATIBLE:
+        out.append(("IPv4-compatible", _v4(b[12:])))
+    elif ip in _TRANSLATED:
+        out.append(("IPv4-translated", _v4(b[12:])))
+    if ip in _NAT64_WELL_KNOWN:
+        out.append(("NAT64", _v4(b[12:])))
+    elif ip in _NAT64_LOCAL:
+        # RFC 6052 layouts by prefix length; bits 64..71 (the "u" octet) are skipped.
+        for raw in (b[12:16], b[9:13], b[7:8] + b[9:12], b[6:8] + b[9:11]):
+            out.append(("NAT64", _v4(raw)))
+    if ip.sixtofour is not None:
+        out.append(("6to4", ip.sixtofour))
+    if ip.teredo is not None:
+        server, client = ip.teredo
+        out += [("Teredo", server), ("Teredo", client)]
+    if b[8:12] in _ISATAP_IIDS:
+        out.append(("ISATAP", _v4(b[12:])))
+    return out
 
 
 def forbidden_reason(ip: IPAddress) -> str | None:
@@ -84,20 +127,14 @@ def forbidden_reason(ip: IPAddress) -> str | None:
     if ip in METADATA_ADDRESSES:
         return "cloud metadata endpoint"
     if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            inner = forbidden_reason(ip.ipv4_mapped)
-            return f"IPv4-mapped {inner}" if inner else None
-        if ip.sixtofour is not None:
-            inner = forbidden_reason(ip.sixtofour)
+        for form, inner_ip in embedded_ipv4(ip):
+            inner = forbidden_reason(inner_ip)
             if inner:
-                return f"6to4-wrapped {inner}"
+                return f"{form}-wrapped {inner}"
+        if ip.ipv4_mapped is not None:
+            return None  # a mapped public address is that public address
         if ip.teredo is not None:
             return "Teredo tunnel"
-        for net in _NAT64:
-            if ip in net:
-                inner = forbidden_reason(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
-                if inner:
-                    return f"NAT64-wrapped {inner}"
         for net6, why in _V6_FORBIDDEN:
             if ip in net6:
                 return why
@@ -109,6 +146,18 @@ def forbidden_reason(ip: IPAddress) -> str | None:
             return why
     if not ip.is_global or ip.is_multicast or ip.is_reserved:
         return "not globally routable"
+    return None
+
+
+def metadata_via_translation(ip: IPAddress) -> str | None:
+    """The form and address when `ip` reaches a cloud-metadata address through an IPv6
+    translation or tunnel form. No allow-list entry opens such an address: naming the metadata
+    address exactly opens that address, never a wrapper of it."""
+    if not isinstance(ip, ipaddress.IPv6Address):
+        return None
+    for form, inner in embedded_ipv4(ip):
+        if inner in METADATA_ADDRESSES:
+            return f"{form}-wrapped cloud metadata endpoint {inner}"
     return None
 
 
@@ -136,23 +185,39 @@ def normalize_host(host: str) -> str:
     return host.strip().strip("[]").rstrip(".").lower()
 
 
+class AllowListError(InputError, ValueError):
+    """A malformed `tools.allow_hosts` entry; the message names the entry and the fix.
+
+    A ValueError too, so pydantic reports it as a settings validation error (the CLI then
+    exits 2 with one line)."""
+
+
+_HOST_RE = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,62})(?:\.[a-z0-9_](?:[a-z0-9_-]{0,62}))*")
+_ENTRY_HELP = "use 'host', 'host:port', '[v6]:port', 'CIDR' or 'CIDR:port'"
+
+
 def _port(text: str, entry: str) -> int:
-    if not text.isdigit() or not 0 < int(text) < 65536:
-        raise ValueError(f"allow_hosts entry {entry!r}: port {text!r} is not 1..65535")
+    if not text.isascii() or not text.isdigit() or not 0 < int(text) < 65536:
+        raise AllowListError(
+            f"allow_hosts entry {entry!r}: port {text!r} is not a number in 1..65535 "
+            f"({_ENTRY_HELP})"
+        )
     return int(text)
 
 
 def parse_allow_entry(entry: str) -> AllowEntry:
-    """Parse one `allow_hosts` entry; raises ValueError naming the entry if it is malformed."""
+    """Parse one `allow_hosts` entry; raises AllowListError naming the entry if malformed."""
+    if not isinstance(entry, str):
+        raise AllowListError(f"allow_hosts entry {entry!r} is not a string ({_ENTRY_HELP})")
     raw = entry.strip()
     if not raw:
-        raise ValueError("allow_hosts entry is empty")
+        raise AllowListError(f"allow_hosts entry is empty ({_ENTRY_HELP})")
     port: int | None = None
     body = raw
     if raw.startswith("["):
         close = raw.find("]")
         if close < 0:
-            raise ValueError(f"allow_hosts entry {entry!r}: '[' without ']'")
+            raise AllowListError(f"allow_hosts entry {entry!r}: '[' without ']' ({_ENTRY_HELP})")
         body, rest = raw[1:close], raw[close + 1 :]
         if rest.startswith("/"):  # [fd00::]/8:443
             prefix, _, p = rest[1:].partition(":")
@@ -161,7 +226,9 @@ def parse_allow_entry(entry: str) -> AllowEntry:
         elif rest.startswith(":"):
             port = _port(rest[1:], entry)
         elif rest:
-            raise ValueError(f"allow_hosts entry {entry!r}: unexpected {rest!r} after ']'")
+            raise AllowListError(
+                f"allow_hosts entry {entry!r}: unexpected {rest!r} after ']' ({_ENTRY_HELP})"
+            )
     elif raw.count(":") == 1:  # host:port, v4:port or v4/cidr:port (bare v6 has 2+ colons)
         body, p = raw.split(":")
         port = _port(p, entry)
@@ -169,10 +236,19 @@ def parse_allow_entry(entry: str) -> AllowEntry:
         return AllowEntry(network=ipaddress.ip_network(body, strict=False), port=port)
     except ValueError:
         pass
+    if raw.startswith("["):
+        raise AllowListError(
+            f"allow_hosts entry {entry!r}: {body!r} inside [] is not an IPv6 address or CIDR"
+        )
     host = normalize_host(body)
-    if not host or "/" in host or any(c.isspace() for c in host):
-        raise ValueError(
-            f"allow_hosts entry {entry!r} is neither a host name, an IP address nor a CIDR"
+    try:
+        host = host.encode("idna").decode("ascii") if not host.isascii() else host
+    except UnicodeError:
+        host = ""
+    if not _HOST_RE.fullmatch(host) or len(host) > 253:
+        raise AllowListError(
+            f"allow_hosts entry {entry!r} is neither a host name, an IP address nor a CIDR "
+            f"({_ENTRY_HELP}; no schemes, paths or wildcards)"
         )
     return AllowEntry(host=host, port=port)
 
@@ -185,6 +261,12 @@ class AddressPolicy:
 
     def check(self, hostname: str, ip: IPAddress, port: int) -> str | None:
         """None if allowed; otherwise the reason, phrased for an error message."""
+        wrapped = metadata_via_translation(ip)
+        if wrapped is not None:
+            return (
+                f"{hostname}:{port} resolves to {ip} ({wrapped}); refused, and no "
+                "tools.allow_hosts entry can open a metadata address through a translation form"
+            )
         if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
             ip = ip.ipv4_mapped
         reason = forbidden_reason(ip)

@@ -12,6 +12,9 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, Field
 
 ToolName = Literal["search", "image_search", "browse", "knowledge_base"]
+# What an observation reports: one of the tools, or "unknown" when a model called a tool that
+# does not exist (`Toolkit.call` answers that with a failed observation, not an exception).
+ObservedTool = ToolName | Literal["unknown"]
 
 
 class SearchHit(BaseModel):
@@ -47,7 +50,7 @@ ObservationItem = Annotated[SearchHit | ImageHit | Passage, Field(discriminator=
 
 
 class Observation(BaseModel):
-    tool: ToolName
+    tool: ObservedTool
     query: str
     ok: bool
     items: list[ObservationItem] = Field(default_factory=list)
@@ -63,7 +66,9 @@ class Observation(BaseModel):
     )
 
     @classmethod
-    def failure(cls, tool: ToolName, query: str, error: str, elapsed_s: float = 0.0) -> Observation:
+    def failure(
+        cls, tool: ObservedTool, query: str, error: str, elapsed_s: float = 0.0
+    ) -> Observation:
         return cls(tool=tool, query=query, ok=False, error=error, elapsed_s=elapsed_s)
 
 

@@ -1,16 +1,21 @@
 """How tool results are shown to an LLM: as fenced, labelled, untrusted data.
 
-Web text is written by strangers. It reaches a model only here, inside
-`<observation ...> ... </observation>` blocks under a header that says the content is data and
-that instructions inside it must be ignored. Text that tries to close a block early or forge a
-new one is defanged, so everything a page says stays inside its own block. The whole rendering
-fits `budget_chars`: blocks are truncated fairly (small ones whole, big ones cut to an equal
-share) and the closing tags are never cut off.
+Web text is written by strangers. It reaches a model only inside `<observation ...> ...
+</observation>` blocks under a header that says the content is data and that instructions
+inside it must be ignored. Every web-derived string (page text, snippets, titles, URLs, error
+messages quoting them) passes through `untrusted()` first, which makes it unable to close or
+forge a block, forge the outer header/footer, or smuggle a chat-template control token; the
+agent's own prompts use the same function for any web-derived string they show, and
+`render_image_hits` for lists of images. The whole rendering fits `budget_chars`: blocks are
+truncated fairly (small ones whole, big ones cut to an equal share) and the closing tags are
+never cut off.
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
+from collections.abc import Iterable
 
 from tools.observations import ImageHit, Observation, Passage, SearchHit
 
@@ -24,34 +29,68 @@ UNTRUSTED_HEADER = (
 FOOTER = "=== END OF TOOL OBSERVATIONS ===\n"
 TRUNC_MARK = " …[truncated]"
 
-_TAG_RE = re.compile(r"<\s*(/?)\s*(observation|observations|system|assistant|user|tool)\b", re.I)
-_CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\u202a-\u202e\u2066-\u2069]")
+# Bracketed control tokens (Mistral/Llama-2 `[INST]`, `[TOOL_CALLS]`, `[SYSTEM_PROMPT]`, ...)
+# and Gen-Searcher's `[Tool Error]`; every angle-bracket token (`<|im_start|>`, `<s>`,
+# `<start_of_turn>`, `<think>`, `<tool_call>`, `<<SYS>>`, `</observation>`) is handled by
+# neutralising `<` and `>` themselves.
+_BRACKET_TOKEN_RE = re.compile(
+    r"\[\s*(/?\s*(?:(?-i:[A-Z][A-Z0-9_]{1,40})|tool[\s_]*(?:error|response|call)s?|inst|sys))\s*\]",
+    re.I,
+)
+_MARKER_RE = re.compile(r"={3,}")  # the header and footer are fenced with "==="
 
 
-def sanitize(text: str) -> str:
-    """Make untrusted text unable to close or forge a block (or a chat-role tag)."""
-    text = _CONTROL_RE.sub("", text)
-    return _TAG_RE.sub(lambda m: f"‹{m.group(1)}{m.group(2)}", text)
+def _drop_invisible(text: str) -> str:
+    """Drop format characters (zero-width, bidi controls, tag characters, BOM, soft hyphen)
+    and control characters: they hide a delimiter from a reader and a filter alike."""
+    return "".join(
+        ch
+        for ch in text
+        if ch.isspace() or unicodedata.category(ch) not in ("Cf", "Cc", "Co", "Cs", "Cn")
+    )
+
+
+def untrusted(text: object, limit: int | None = None) -> str:
+    """A web-derived string made safe to place inside an untrusted-data block.
+
+    Folded with NFKC (fullwidth `＜`, small `﹤` and other compatibility look-alikes become the
+    characters they imitate), stripped of invisible characters, whitespace runs (newlines
+    included) folded to one space; then `<`/`>` become `‹`/`›` (no tag, chat-template token or
+    block delimiter survives), bracketed control tokens such as `[INST]` become `⟦INST⟧`,
+    and `===` fences shrink so the outer header/footer cannot be forged. Cut to `limit`
+    characters if given. Use it for EVERY string that came from the web or a document.
+    """
+    flat = unicodedata.normalize("NFKC", str(text))
+    flat = " ".join(_drop_invisible(flat).split())
+    flat = flat.replace("<", "‹").replace(">", "›")
+    flat = _BRACKET_TOKEN_RE.sub(lambda m: f"⟦{' '.join(m.group(1).split())}⟧", flat)
+    flat = _MARKER_RE.sub("==", flat)
+    if limit is not None and len(flat) > limit:
+        flat = flat[: max(0, limit - 1)].rstrip() + "…"
+    return flat
+
+
+# The first name of `untrusted`, kept for callers of it.
+sanitize = untrusted
 
 
 def _attr(text: str) -> str:
-    flat = sanitize(" ".join(text.split()))
-    return flat.replace('"', "'").replace("<", "‹").replace(">", "›")[:200]
+    return untrusted(text, 200).replace('"', "'")
 
 
 def _item_lines(item: SearchHit | ImageHit | Passage, n: int) -> str:
     if isinstance(item, SearchHit):
         return (
-            f"[{n}] {sanitize(item.title)}\n    url: {sanitize(item.url)}\n"
-            f"    {sanitize(item.snippet)}"
+            f"[{n}] {untrusted(item.title)}\n    url: {untrusted(item.url)}\n"
+            f"    {untrusted(item.snippet)}"
         )
     if isinstance(item, ImageHit):
         size = f"{item.width}x{item.height}" if item.width and item.height else "?x?"
         score = f", clip={item.score:.3f}" if item.score is not None else ""
-        src = f"\n    page: {sanitize(item.source_url)}" if item.source_url else ""
-        return f"[{n}] {item.img_id} ({size}{score}) {sanitize(item.title)}{src}"
+        src = f"\n    page: {untrusted(item.source_url)}" if item.source_url else ""
+        return f"[{n}] {untrusted(item.img_id)} ({size}{score}) {untrusted(item.title)}{src}"
     score = f" (score {item.score:.3f})" if item.score is not None else ""
-    return f"[{n}] source: {sanitize(item.source)}{score}\n    {sanitize(item.text)}"
+    return f"[{n}] source: {untrusted(item.source)}{score}\n    {untrusted(item.text)}"
 
 
 def _block_parts(obs: Observation, index: int) -> tuple[str, str, str]:
@@ -61,7 +100,7 @@ def _block_parts(obs: Observation, index: int) -> tuple[str, str, str]:
     )
     head = f"<observation {attrs}>\n"
     if not obs.ok:
-        body = f"ERROR: {sanitize(obs.error or 'unknown error')}\n"
+        body = f"ERROR: {untrusted(obs.error or 'unknown error')}\n"
     elif not obs.items:
         body = "(no results)\n"
     else:
@@ -109,3 +148,13 @@ def render_observations(observations: list[Observation], budget_chars: int) -> s
         remaining -= limits[i]
     blocks = [h + _cut(b, lim) + t for (h, b, t), lim in zip(parts, limits, strict=True)]
     return UNTRUSTED_HEADER + "".join(blocks) + omitted_note + FOOTER
+
+
+def render_image_hits(
+    hits: Iterable[ImageHit], budget_chars: int = 4000, *, label: str = "available images"
+) -> str:
+    """Images (ids, sizes, titles, source pages) as one untrusted-data block, for prompts that
+    list references to choose from: the titles and URLs are web text like any other."""
+    items = [h for h in hits if isinstance(h, ImageHit)]
+    obs = Observation(tool="image_search", query=label, ok=True, items=list(items))
+    return render_observations([obs], budget_chars)

@@ -1,161 +1,202 @@
-"""OpenAI function-calling schemas for the research tools, in Gen-Searcher's shape.
+"""The research tools' arguments as typed models: one source for the schemas a model is shown
+and for the parsing of what it sends back.
 
-A policy trained on Gen-Searcher's tools (`search{queries, top_k}`, `image_search{query, top_k}`,
-`browse{url, query}`) can drive Groundwork unchanged; `knowledge_base{query, top_k}` is the one
-addition (the user's local corpus). `dispatch` runs a model's tool call against a `Toolkit`.
+Names and shapes follow Gen-Searcher's tools (`search{queries, top_k}`,
+`image_search{query, top_k}`, `browse{url, query}`), so a policy trained on them drives
+Groundwork unchanged; `knowledge_base{query, top_k}` is the one addition (the user's local
+corpus). `tool_specs(names)` renders the models as OpenAI `tools` entries;
+`parse_arguments(name, arguments)` validates a call against the same models (the toolkit's
+`Toolkit.call` runs it and turns every refusal into a failed Observation).
+
+Parsing forgives what small models commonly get wrong without changing the meaning: a JSON
+string instead of an object, a bare string for `queries`, `query` for `queries`, more than 8
+queries (the first 8 run) and a `top_k` outside its range (clamped into it). Anything else
+wrong, an empty string included, is a `ToolCallError` naming the field.
 """
 
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from tools.observations import ImageRegistry, Observation
-    from tools.toolkit import Toolkit
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-SEARCH: dict[str, Any] = {
-    "type": "function",
-    "function": {
-        "name": "search",
-        "description": "Web text search. Runs several queries at once; returns title, url and "
-        "snippet for each hit.",
-        "parameters": {
-            "type": "object",
-            "properties": {
-                "queries": {
-                    "type": "array",
-                    "items": {"type": "string"},
-                    "minItems": 1,
-                    "maxItems": 8,
-                    "description": "Search queries, run in parallel.",
-                },
-                "top_k": {
-                    "type": "integer",
-                    "minimum": 1,
-                    "maximum": 20,
-                    "default": 5,
-                    "description": "Results per query.",
-                },
-            },
-            "required": ["queries"],
-        },
-    },
-}
+from core.errors import GroundworkError
 
-IMAGE_SEARCH: dict[str, Any] = {
-    "type": "function",
-    "function": {
-        "name": "image_search",
-        "description": "Web image search. Returns downloaded, verified images with IMG_### ids "
-        "(stable for this run) that can be cited as reference images.",
-        "parameters": {
-            "type": "object",
-            "properties": {
-                "query": {"type": "string", "description": "What the images should show."},
-                "top_k": {
-                    "type": "integer",
-                    "minimum": 1,
-                    "maximum": 10,
-                    "default": 4,
-                    "description": "Images to return.",
-                },
-            },
-            "required": ["query"],
-        },
-    },
-}
-
-BROWSE: dict[str, Any] = {
-    "type": "function",
-    "function": {
-        "name": "browse",
-        "description": "Open a web page and return the passages of its main text that are "
-        "relevant to the query.",
-        "parameters": {
-            "type": "object",
-            "properties": {
-                "url": {"type": "string", "description": "http(s) URL of the page."},
-                "query": {"type": "string", "description": "What to look for on the page."},
-            },
-            "required": ["url", "query"],
-        },
-    },
-}
-
-KNOWLEDGE_BASE: dict[str, Any] = {
-    "type": "function",
-    "function": {
-        "name": "knowledge_base",
-        "description": "Search the user's own local knowledge base (text passages and images); "
-        "works offline.",
-        "parameters": {
-            "type": "object",
-            "properties": {
-                "query": {"type": "string"},
-                "top_k": {"type": "integer", "minimum": 1, "maximum": 20, "default": 5},
-            },
-            "required": ["query"],
-        },
-    },
-}
-
-TOOL_SCHEMAS: list[dict[str, Any]] = [SEARCH, IMAGE_SEARCH, BROWSE, KNOWLEDGE_BASE]
-GEN_SEARCHER_SCHEMAS: list[dict[str, Any]] = [SEARCH, IMAGE_SEARCH, BROWSE]
+GEN_SEARCHER_TOOLS = ("search", "image_search", "browse")
+ALL_TOOLS = (*GEN_SEARCHER_TOOLS, "knowledge_base")
 
 
-def tool_schemas(*, include_knowledge_base: bool = True) -> list[dict[str, Any]]:
-    return list(TOOL_SCHEMAS if include_knowledge_base else GEN_SEARCHER_SCHEMAS)
-
-
-class ToolCallError(ValueError):
+class ToolCallError(GroundworkError, ValueError):
     """A model's tool call names an unknown tool or has malformed arguments."""
 
 
-def _int(args: dict[str, Any], key: str) -> int | None:
-    value = args.get(key)
-    if value is None:
-        return None
-    try:
-        return max(1, min(50, int(value)))
-    except (TypeError, ValueError) as exc:
-        raise ToolCallError(f"{key} must be an integer, got {value!r}") from exc
+class _Args(BaseModel):
+    """Unknown keys are ignored (models add chatter such as "reason"); known ones validate."""
+
+    model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
+
+    @model_validator(mode="after")
+    def _no_blank_strings(self) -> _Args:
+        # Checked here, not with min_length: the schema stays Gen-Searcher's exactly, and
+        # llama.cpp's grammar converter chokes on string-length keywords.
+        for name, value in self:
+            if isinstance(value, str) and not value:
+                raise ValueError(f"{name} is empty")
+        return self
+
+    @model_validator(mode="before")
+    @classmethod
+    def _clamp_top_k(cls, data: Any) -> Any:
+        """A count past the range means "many" or "few", not a broken call: clamp it."""
+        field = cls.model_fields.get("top_k")
+        if not isinstance(data, dict) or field is None or "top_k" not in data:
+            return data
+        value = data["top_k"]
+        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            value = int(value.strip())
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, int) and not isinstance(value, bool):
+            lo, hi = _bounds(cls, "top_k")
+            data = {**data, "top_k": max(lo, min(hi, value))}
+        elif value is None:
+            data = {k: v for k, v in data.items() if k != "top_k"}
+        return data
 
 
-async def dispatch(
-    toolkit: Toolkit, name: str, arguments: str | dict[str, Any], *, registry: ImageRegistry
-) -> list[Observation]:
-    """Run one tool call from a model (arguments as the JSON string the API returns)."""
+def _bounds(model: type[BaseModel], name: str) -> tuple[int, int]:
+    schema = model.model_json_schema()["properties"][name]
+    return int(schema["minimum"]), int(schema["maximum"])
+
+
+class SearchArgs(_Args):
+    """Web text search. Runs several queries at once; returns title, url and snippet for each
+    hit."""
+
+    queries: list[str] = Field(
+        min_length=1, max_length=8, description="Search queries, run in parallel."
+    )
+    top_k: int = Field(default=5, ge=1, le=20, description="Results per query.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _lenient_queries(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        if "queries" not in data and "query" in data:
+            data = {**data, "queries": data["query"]}
+        queries = data.get("queries")
+        if isinstance(queries, str):
+            data = {**data, "queries": [queries]}
+        elif isinstance(queries, list) and len(queries) > 8:
+            data = {**data, "queries": queries[:8]}  # like top_k: "many" is clamped, not refused
+        return data
+
+    @model_validator(mode="after")
+    def _no_blank_queries(self) -> SearchArgs:
+        if not any(q.strip() for q in self.queries):
+            raise ValueError("queries are all empty")
+        return self
+
+
+class ImageSearchArgs(_Args):
+    """Web image search. Returns downloaded, verified images with IMG_### ids (stable for this
+    run) that can be cited as reference images."""
+
+    query: str = Field(description="What the images should show.")
+    top_k: int = Field(default=4, ge=1, le=10, description="Images to return.")
+
+
+class BrowseArgs(_Args):
+    """Open a web page and return the passages of its main text that are relevant to the
+    query."""
+
+    url: str = Field(description="http(s) URL of the page.")
+    query: str = Field(description="What to look for on the page.")
+
+
+class KnowledgeBaseArgs(_Args):
+    """Search the user's own local knowledge base (text passages and images); works
+    offline."""
+
+    query: str = Field(description="What to look for in the local corpus.")
+    top_k: int = Field(default=5, ge=1, le=20, description="Results to return.")
+
+
+ToolArgs = SearchArgs | ImageSearchArgs | BrowseArgs | KnowledgeBaseArgs
+
+ARG_MODELS: dict[str, type[_Args]] = {
+    "search": SearchArgs,
+    "image_search": ImageSearchArgs,
+    "browse": BrowseArgs,
+    "knowledge_base": KnowledgeBaseArgs,
+}
+
+
+def _strip_titles(schema: dict[str, Any]) -> dict[str, Any]:
+    """pydantic titles every model and field; OpenAI tool schemas carry descriptions only."""
+    out = {k: v for k, v in schema.items() if k != "title"}
+    if isinstance(out.get("properties"), dict):
+        out["properties"] = {k: _strip_titles(v) for k, v in out["properties"].items()}
+    if isinstance(out.get("items"), dict):
+        out["items"] = _strip_titles(out["items"])
+    return out
+
+
+def tool_spec(name: str) -> dict[str, Any]:
+    """One tool in OpenAI's `tools` format, generated from its argument model."""
+    model = ARG_MODELS.get(name)
+    if model is None:
+        raise ToolCallError(f"unknown tool {name!r}; known: {', '.join(ARG_MODELS)}")
+    parameters = _strip_titles(model.model_json_schema())
+    parameters.pop("description", None)
+    parameters.pop("additionalProperties", None)
+    description = " ".join((model.__doc__ or "").split())
+    return {
+        "type": "function",
+        "function": {"name": name, "description": description, "parameters": parameters},
+    }
+
+
+def tool_specs(names: list[str] | tuple[str, ...] = ALL_TOOLS) -> list[dict[str, Any]]:
+    """The named tools (in that order) in OpenAI's `tools` format: `GEN_SEARCHER_TOOLS` for a
+    policy trained on Gen-Searcher, `ALL_TOOLS` to add the local knowledge base."""
+    return [tool_spec(n) for n in names]
+
+
+def parse_arguments(name: str, arguments: str | dict[str, Any] | None) -> ToolArgs:
+    """Validate one tool call against its argument model; ToolCallError says what is wrong."""
+    model = ARG_MODELS.get(name) if isinstance(name, str) else None
+    if model is None:
+        raise ToolCallError(f"unknown tool {str(name)[:80]!r}; known: {', '.join(ARG_MODELS)}")
+    if arguments is None or (isinstance(arguments, str) and not arguments.strip()):
+        arguments = {}
     if isinstance(arguments, str):
         try:
-            args = json.loads(arguments or "{}")
-        except json.JSONDecodeError as exc:
+            arguments = json.loads(arguments)
+        except (ValueError, RecursionError) as exc:
             raise ToolCallError(f"arguments of {name} are not JSON: {exc}") from exc
-    else:
-        args = arguments
-    if not isinstance(args, dict):
-        raise ToolCallError(f"arguments of {name} must be an object")
-    if name == "search":
-        queries = args.get("queries", args.get("query"))
-        if isinstance(queries, str):
-            queries = [queries]
-        if not isinstance(queries, list) or not all(isinstance(q, str) for q in queries):
-            raise ToolCallError("search needs queries: [str]")
-        return await toolkit.search(queries[:8], _int(args, "top_k"))
-    if name == "image_search":
-        return [
-            await toolkit.image_search(
-                str(args.get("query", "")), _int(args, "top_k"), registry=registry
-            )
-        ]
-    if name == "browse":
-        return [await toolkit.browse(str(args.get("url", "")), str(args.get("query", "")))]
-    if name == "knowledge_base":
-        return [
-            await toolkit.knowledge_base(
-                str(args.get("query", "")), _int(args, "top_k"), registry=registry
-            )
-        ]
-    raise ToolCallError(
-        f"unknown tool {name!r}; known: search, image_search, browse, knowledge_base"
-    )
+    if not isinstance(arguments, dict):
+        raise ToolCallError(
+            f"arguments of {name} must be a JSON object, got {type(arguments).__name__}"
+        )
+    try:
+        args = model.model_validate(arguments)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'arguments'}: {e['msg']}"
+            for e in exc.errors()[:5]
+        )
+        raise ToolCallError(f"bad arguments for {name}: {problems}") from exc
+    assert isinstance(args, SearchArgs | ImageSearchArgs | BrowseArgs | KnowledgeBaseArgs)
+    return args
+
+
+# Kept for callers of the first API: the same schemas, generated.
+TOOL_SCHEMAS: list[dict[str, Any]] = tool_specs(ALL_TOOLS)
+GEN_SEARCHER_SCHEMAS: list[dict[str, Any]] = tool_specs(GEN_SEARCHER_TOOLS)
+
+
+def tool_schemas(*, include_knowledge_base: bool = True) -> list[dict[str, Any]]:
+    return tool_specs(ALL_TOOLS if include_knowledge_base else GEN_SEARCHER_TOOLS)

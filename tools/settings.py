@@ -5,7 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+import httpx
+from pydantic import BaseModel, Field, field_validator
+
+from tools.netguard import parse_allow_entry
 
 
 class ToolSettings(BaseModel):
@@ -21,6 +24,20 @@ class ToolSettings(BaseModel):
     max_images_per_query: int = Field(default=4, ge=0, le=50, description="Images kept per query.")
     max_image_bytes: int = Field(default=15_000_000, gt=0, description="Per-download byte cap.")
     max_image_pixels: int = Field(default=40_000_000, gt=0, description="Decompression-bomb cap.")
+    max_decoded_pixels: int = Field(
+        default=120_000_000,
+        gt=0,
+        description="Full-resolution decoded pixels held at once by ALL image decodes of a "
+        "toolkit together (concurrent image searches share it); an image larger than this is "
+        "decoded alone. About 3 bytes of memory per pixel while decoding.",
+    )
+    work_image_px: int = Field(
+        default=512,
+        ge=64,
+        le=4096,
+        description="Longest side of the copy kept after the full decode (ranking, duplicate "
+        "detection, thumbnails); the original bytes are what is stored.",
+    )
     allow_hosts: list[str] = Field(
         default_factory=list,
         description="Hosts/CIDRs that may be fetched even though private or loopback "
@@ -85,3 +102,27 @@ class ToolSettings(BaseModel):
     cache_redis_url: str | None = Field(
         default=None, description="redis://... to cache in Redis (shared by processes)."
     )
+
+    @field_validator("allow_hosts")
+    @classmethod
+    def _allow_entries_parse(cls, value: list[str]) -> list[str]:
+        """A typo here would silently open nothing (or the wrong thing): refuse it at load."""
+        for entry in value:
+            parse_allow_entry(entry)  # AllowListError (a ValueError) names the entry
+        return value
+
+    @field_validator("searxng_url")
+    @classmethod
+    def _searxng_url_is_http(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            url = httpx.URL(value)
+        except (httpx.InvalidURL, ValueError) as exc:
+            raise ValueError(f"searxng_url {value!r} is not a URL ({exc})") from exc
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ValueError(
+                f"searxng_url {value!r} must be an http(s) URL with a host, "
+                "e.g. http://localhost:8888"
+            )
+        return value

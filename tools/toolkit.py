@@ -1,10 +1,14 @@
 """The four research tools the agent calls: search, image_search, browse, knowledge_base.
 
-A tool call never raises for a tool failure: no network, a provider error, a refused download
-or a timeout becomes `Observation(ok=False, error=...)`, so one bad query cannot end a run.
-Each call runs under `settings.timeout_s`; provider errors are retried with jittered
-exponential backoff, bounded in attempts and by that same deadline; an offline machine fails
-fast (no retries) with an error saying so. Successful results are cached (see `tools.cache`).
+A tool call never raises for a tool failure: no network, a provider error, a refused download,
+a hostile redirect, a poisoned cache entry or a timeout becomes `Observation(ok=False,
+error=...)`, so one bad query cannot end a run; `Toolkit.call` does the same for a model's
+malformed tool call. Each call runs under `settings.timeout_s`; provider errors are retried
+with jittered exponential backoff, bounded in attempts and by that same deadline; an offline
+machine fails fast (no retries) with an error saying so. Successful results are cached (see
+`tools.cache`). Image ids (`IMG_###`) come from the run's `ImageRegistry`, for web and local
+images alike, so an id names one image for the whole run. Decoded pixels held at once are
+bounded toolkit-wide (`max_decoded_pixels`), however many image searches run concurrently.
 """
 
 from __future__ import annotations
@@ -12,17 +16,28 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import re
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from core.errors import GroundworkError
 from tools.cache import CacheError, ToolCache, cache_key, make_cache
 from tools.extract import chunk_blocks, extract_main_text, rank_passages, text_to_blocks
 from tools.fetch import FetchError, SafeFetcher, validate_url
-from tools.images import DecodedImage, Fingerprint, ImageRejected, decode_image, thumbnail
+from tools.images import (
+    DecodedImage,
+    Fingerprint,
+    ImageRejected,
+    PixelBudget,
+    decode_reduced,
+    probe_size,
+    thumbnail,
+)
 from tools.observations import (
     ImageHit,
     ImageRegistry,
@@ -31,12 +46,21 @@ from tools.observations import (
     SearchHit,
     ToolName,
 )
-from tools.providers.base import ImageCandidate, ProviderError, SearchProvider, make_provider
+from tools.providers import ImageCandidate, ProviderError, SearchProvider, make_provider
+from tools.render import untrusted
+from tools.schemas import (
+    BrowseArgs,
+    ImageSearchArgs,
+    KnowledgeBaseArgs,
+    SearchArgs,
+    ToolCallError,
+    parse_arguments,
+)
 from tools.settings import ToolSettings
 
 if TYPE_CHECKING:
-    from generators.artifacts import ArtifactStore
-    from retrieval.api import ImageRanker, KnowledgeBaseAPI
+    from core.artifacts import ArtifactStore
+    from retrieval.api import ImageRanker, KBHit, KnowledgeBaseAPI
     from retrieval.settings import RetrievalSettings
 
 log = logging.getLogger(__name__)
@@ -44,9 +68,10 @@ T = TypeVar("T")
 
 DISABLED = "web search disabled/unavailable"
 _MAX_NOTES = 12
+_SHA_RE = re.compile(r"[0-9a-f]{64}")
 
 
-class _ToolFailure(Exception):
+class _ToolFailure(GroundworkError):
     """Internal: ends a tool call with ok=False and this message."""
 
 
@@ -74,8 +99,9 @@ class Toolkit:
         self.store = store
         self.retrieval = retrieval
         self.cache = cache if cache is not None else make_cache(settings)
-        self.registry = ImageRegistry()  # for knowledge_base images when no registry is passed
         self.fetcher = SafeFetcher(settings)
+        # Full-resolution decodes in memory at once, summed over every concurrent image call.
+        self.pixels = PixelBudget(settings.max_decoded_pixels)
         # Blocking provider calls and CPU work (decode, hashing, PNG encoding, CLIP) get separate
         # pools, so engines stuck until their timeout cannot starve image verification.
         self._executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="gw-tools-io")
@@ -127,7 +153,9 @@ class Toolkit:
                 await asyncio.sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _cache_get(self, key: str, notes: list[str]) -> Observation | None:
+    async def _cache_get(self, tool: ToolName, key: str, notes: list[str]) -> Observation | None:
+        """A cached success of this tool, else None: an entry that does not validate (poisoned,
+        from another version, another tool's) is a miss, refetched and overwritten."""
         if self.cache is None:
             return None
         try:
@@ -138,9 +166,14 @@ class Toolkit:
         if raw is None:
             return None
         try:
-            return Observation.model_validate(raw)
-        except ValueError:
+            obs = Observation.model_validate(raw)
+        except ValueError:  # pydantic's ValidationError
+            notes.append("cache entry did not validate; refetched")
             return None
+        if obs.tool != tool or not obs.ok:
+            notes.append("cache entry did not match the call; refetched")
+            return None
+        return obs
 
     async def _cache_set(self, key: str, obs: Observation) -> None:
         if self.cache is None or not obs.ok:
@@ -167,7 +200,7 @@ class Toolkit:
         try:
             async with asyncio.timeout(self.settings.timeout_s):
                 if key is not None:
-                    hit = await self._cache_get(key, notes)
+                    hit = await self._cache_get(tool, key, notes)
                     if hit is not None and from_cache is not None:
                         hit = from_cache(hit)
                     if hit is not None:
@@ -179,11 +212,11 @@ class Toolkit:
             obs = Observation.failure(
                 tool, query, f"{tool} timed out after {self.settings.timeout_s:g}s"
             )
-        except _ToolFailure as exc:
-            obs = Observation.failure(tool, query, str(exc))
         except FetchError as exc:
             prefix = f"{DISABLED}: " if exc.kind == "offline" else ""
             obs = Observation.failure(tool, query, f"{prefix}{exc}")
+        except GroundworkError as exc:  # _ToolFailure, and any refusal of ours on the way
+            obs = Observation.failure(tool, query, str(exc))
         obs.elapsed_s = time.monotonic() - start
         obs.notes = [*notes, *obs.notes][:_MAX_NOTES]
         if key is not None and obs.ok:
@@ -217,16 +250,17 @@ class Toolkit:
     async def image_search(
         self, query: str, top_k: int | None = None, *, registry: ImageRegistry
     ) -> Observation:
-        """Find, download, verify, de-duplicate, rank and store images for `query`."""
+        """Find, download, verify, de-duplicate, rank and store images for `query`; ids come
+        from `registry`, the run's."""
         k = top_k or self.settings.max_images_per_query
         ranker_name = (self.retrieval.clip_model if self.retrieval else None) or "none"
 
         def from_cache(obs: Observation) -> Observation | None:
             items = []
             for item in obs.items:
-                if not isinstance(item, ImageHit) or not self.store.exists(item.sha256):
-                    return None  # the store was cleaned: fetch again
-                if item.thumbnail_sha256 and not self.store.exists(item.thumbnail_sha256):
+                if not isinstance(item, ImageHit) or not self._stored(item.sha256):
+                    return None  # the store was cleaned (or the entry lies): fetch again
+                if item.thumbnail_sha256 and not self._stored(item.thumbnail_sha256):
                     return None
                 items.append(item.model_copy(update={"img_id": registry.assign(item.sha256)}))
             return obs.model_copy(update={"items": items})
@@ -258,19 +292,56 @@ class Toolkit:
         key = cache_key("image_search", query, k=k, p=self.settings.image_provider, r=ranker_name)
         return await self._run("image_search", query, body, key=key, from_cache=from_cache)
 
+    def _stored(self, sha: str) -> bool:
+        return bool(_SHA_RE.fullmatch(sha)) and self.store.exists(sha)
+
+    async def _decode(self, data: bytes) -> DecodedImage:
+        """Fully decode `data` (the proof it is an image) under the toolkit's pixel budget and
+        keep a reduced copy; the full decode is freed before the budget is given back.
+
+        The size is read from the header first, so a bomb is refused without waiting for the
+        budget. If the caller is cancelled (deadline, abandoned download) while the decode
+        thread still runs, the budget is returned only when that thread is done with it.
+        """
+        width, height = await self._in_thread(probe_size, data)
+        cap = self.settings.max_image_pixels
+        if width * height > cap:
+            raise ImageRejected(
+                f"image declares {width}x{height} = {width * height} pixels, over the "
+                f"{cap}-pixel cap (decompression-bomb guard); not decoded"
+            )
+        side = max(self.settings.work_image_px, self.settings.thumbnail_px)
+        n = await self.pixels.acquire(width * height)
+        fut = asyncio.get_running_loop().run_in_executor(self._cpu, decode_reduced, data, cap, side)
+        later = False
+        try:
+            return await asyncio.shield(fut)
+        except asyncio.CancelledError:
+            if not fut.done():
+                fut.add_done_callback(partial(self._release_after, n))
+                later = True
+            raise
+        finally:
+            if not later:
+                self.pixels.release(n)
+
+    def _release_after(self, n: int, fut: asyncio.Future[DecodedImage]) -> None:
+        if not fut.cancelled():
+            fut.exception()  # retrieved: nobody awaits it any more
+        self.pixels.release(n)
+
     async def _download(self, cand: ImageCandidate) -> _Downloaded | str:
         """The image itself, else the provider's thumbnail of it (originals often refuse
-        hot-linking with 403 while the search engine's thumbnail still loads)."""
+        hot-linking with 403 while the search engine's thumbnail still loads). Any refusal is
+        returned as a note: one bad candidate never costs the others."""
         errors = []
         for url in dict.fromkeys(u for u in (cand.image_url, cand.thumbnail_url) if u):
             try:
                 res = await self.fetcher.fetch(url, kind="image")
-                decoded = await self._in_thread(
-                    decode_image, res.data, self.settings.max_image_pixels
-                )
+                decoded = await self._decode(res.data)
                 break
-            except (FetchError, ImageRejected) as exc:
-                errors.append(f"{url[:120]}: {exc}")
+            except GroundworkError as exc:  # FetchError, ImageRejected
+                errors.append(f"{untrusted(url, 120)}: {exc}")
         else:
             return "skipped " + " / then thumbnail ".join(errors)
         fingerprint = await self._in_thread(Fingerprint.of, decoded.image)
@@ -290,9 +361,12 @@ class Toolkit:
         # the margin leaves time to rank and store.
         margin = min(2.0, self.settings.timeout_s * 0.15)
         budget = max(0.05, deadline - time.monotonic() - margin)
-        done, pending = await asyncio.wait(tasks, timeout=budget) if tasks else (set(), set())
-        for task in pending:
-            task.cancel()
+        try:
+            done, pending = await asyncio.wait(tasks, timeout=budget) if tasks else (set(), set())
+        finally:
+            for task in tasks:  # the call itself may be cancelled: leave no download behind
+                if not task.done():
+                    task.cancel()
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
             notes.append(f"{len(pending)} slow download(s) abandoned at the call's deadline")
@@ -320,9 +394,15 @@ class Toolkit:
                 kept, scores = [kept[i] for i in order], [scores[i] for i in order]
             except (RuntimeError, ValueError, OSError) as exc:
                 notes.append(f"CLIP ranking failed, provider order kept: {exc}")
-        hits = []
-        for d, score in list(zip(kept, scores, strict=True))[:k]:
-            sha, thumb_sha = await self._in_thread(self._store_image, d, query)
+        hits: list[ImageHit] = []
+        for d, score in zip(kept, scores, strict=True):
+            if len(hits) == k:
+                break
+            try:
+                sha, thumb_sha = await self._in_thread(self._store_image, d, query)
+            except (OSError, ValueError, GroundworkError) as exc:  # disk full, bad meta file
+                notes.append(f"could not store {untrusted(d.final_url, 120)}: {exc}")
+                continue
             hits.append(
                 ImageHit(
                     img_id=registry.assign(sha),
@@ -414,22 +494,37 @@ class Toolkit:
     # --- knowledge_base -----------------------------------------------------------------------
 
     async def knowledge_base(
-        self, query: str, top_k: int | None = None, *, registry: ImageRegistry | None = None
+        self, query: str, top_k: int | None = None, *, registry: ImageRegistry
     ) -> Observation:
         """Passages and images from the user's local corpus (works offline).
 
-        Image hits get IMG_### ids from `registry` (the run's), else from the toolkit's own.
+        Image hits get their IMG_### ids from `registry`, the run's (the same one image_search
+        uses), so a local image and a web image never share an id and the same picture found
+        both ways keeps one. A text-only knowledge base (the default `groundwork kb add`, no
+        CLIP model) answers with passages; why images were not searched goes to `notes`.
         """
         k = top_k or self.settings.top_k
-        reg = registry or self.registry
 
         async def body(deadline: float, notes: list[str]) -> Observation:
+            if not query.strip():
+                raise _ToolFailure("empty knowledge base query")
+            from retrieval.api import KnowledgeBaseUnavailable
+
             kb = await self._get_kb()
+            failures: list[str] = []
+            texts: list[KBHit] = []
+            images: list[KBHit] = []
             try:
                 texts = await self._in_thread(kb.search_passages, query, k)
+            except (KnowledgeBaseUnavailable, RuntimeError, ValueError, OSError) as exc:
+                failures.append(f"passage search failed: {exc}")
+            try:
                 images = await self._in_thread(kb.search_images, query, k)
-            except (RuntimeError, ValueError, OSError) as exc:
-                raise _ToolFailure(f"knowledge base search failed: {exc}") from exc
+            except (KnowledgeBaseUnavailable, RuntimeError, ValueError, OSError) as exc:
+                failures.append(f"image search skipped: {exc}")
+            if len(failures) == 2:
+                raise _ToolFailure("knowledge base search failed: " + "; ".join(failures))
+            notes.extend(f[:400] for f in failures)
             items: list[SearchHit | ImageHit | Passage] = [
                 Passage(
                     text=h.text or h.caption,
@@ -440,13 +535,13 @@ class Toolkit:
                 if (h.text or h.caption)
             ]
             for h in images:
-                stored = await self._in_thread(self._store_kb_image, h.path, h.sha256, notes)
+                stored = await self._store_kb_image(h.path, h.sha256, notes)
                 if stored is None:
                     continue
                 sha, thumb, w, hgt = stored
                 items.append(
                     ImageHit(
-                        img_id=reg.assign(sha),
+                        img_id=registry.assign(sha),
                         sha256=sha,
                         url=h.url or "",
                         source_url=h.path or h.source,
@@ -479,36 +574,73 @@ class Toolkit:
                     raise _ToolFailure(f"knowledge base unavailable: {exc}") from exc
             return self._kb
 
-    def _store_kb_image(
+    async def _store_kb_image(
         self, path: str | None, sha: str, notes: list[str]
     ) -> tuple[str, str, int, int] | None:
-        if path and Path(path).is_file():
-            try:
-                data = Path(path).read_bytes()
-                decoded = decode_image(data, self.settings.max_image_pixels)
-            except (ImageRejected, OSError) as exc:
-                notes.append(f"skipped local image {path}: {exc}")
+        """The local image into the artifact store (its sha256 is its identity, as for a web
+        image), decoded under the same pixel budget; None with a note if it cannot be read."""
+        where = path or sha
+        try:
+            if path and Path(path).is_file():
+                data = await self._in_thread(Path(path).read_bytes)
+            elif self._stored(sha):
+                data = await self._in_thread(self.store.get_bytes, sha)
+            else:
+                notes.append(f"skipped local image {where}: file not found")
                 return None
-            ref = self.store.put_bytes(
-                data,
-                decoded.media_type,
-                {
-                    "width": decoded.width,
-                    "height": decoded.height,
-                    "path": path,
-                    "origin": "knowledge_base",
-                },
-            )
-            sha, image = ref.sha256, decoded.image
-        elif sha and self.store.exists(sha):
-            image = self.store.open_image(sha)
-        else:
-            notes.append(f"skipped local image {path or sha}: file not found")
+            decoded = await self._decode(data)
+            return await self._in_thread(self._put_kb_image, data, decoded, path)
+        except (GroundworkError, OSError, ValueError) as exc:  # unreadable, not an image
+            notes.append(f"skipped local image {where}: {exc}")
             return None
+
+    def _put_kb_image(
+        self, data: bytes, decoded: DecodedImage, path: str | None
+    ) -> tuple[str, str, int, int]:
+        meta = {
+            "width": decoded.width,
+            "height": decoded.height,
+            "path": path,
+            "origin": "knowledge_base",
+        }
+        ref = self.store.put_bytes(data, decoded.media_type, meta)
         thumb = self.store.put_image(
-            thumbnail(image, self.settings.thumbnail_px), {"thumbnail_of": sha}
+            thumbnail(decoded.image, self.settings.thumbnail_px), {"thumbnail_of": ref.sha256}
         )
-        return sha, thumb.sha256, image.width, image.height
+        return ref.sha256, thumb.sha256, decoded.width, decoded.height
+
+    # --- a model's tool call --------------------------------------------------------------------
+
+    async def call(
+        self,
+        name: str,
+        arguments: dict[str, Any] | str | None,
+        *,
+        registry: ImageRegistry,
+    ) -> Observation | list[Observation]:
+        """Run one tool call as a model sent it (arguments as a dict or the JSON string the
+        API returns), validated by the same models that generate `tools.schemas.tool_specs`.
+
+        `search` answers with a list (one observation per query), the others with one
+        observation. Never raises for what the model sent: an unknown tool or bad arguments
+        come back as a failed observation whose error says what to fix.
+        """
+        try:
+            args = parse_arguments(name, arguments)
+        except ToolCallError as exc:
+            tool = _TOOLS.get(name) if isinstance(name, str) else None
+            if tool is None:
+                return Observation.failure("unknown", untrusted(name, 80), str(exc))
+            failed = Observation.failure(tool, _raw_query(arguments), str(exc))
+            return [failed] if tool == "search" else failed
+        if isinstance(args, SearchArgs):
+            return await self.search(args.queries, _given_top_k(args))
+        if isinstance(args, ImageSearchArgs):
+            return await self.image_search(args.query, _given_top_k(args), registry=registry)
+        if isinstance(args, BrowseArgs):
+            return await self.browse(args.url, args.query)
+        assert isinstance(args, KnowledgeBaseArgs)
+        return await self.knowledge_base(args.query, _given_top_k(args), registry=registry)
 
     async def aclose(self) -> None:
         await self.fetcher.aclose()
@@ -518,3 +650,25 @@ class Toolkit:
             await self.cache.aclose()
         self._executor.shutdown(wait=False, cancel_futures=True)
         self._cpu.shutdown(wait=False, cancel_futures=True)
+
+
+_TOOLS: dict[str, ToolName] = {
+    "search": "search",
+    "image_search": "image_search",
+    "browse": "browse",
+    "knowledge_base": "knowledge_base",
+}
+
+
+def _given_top_k(args: SearchArgs | ImageSearchArgs | KnowledgeBaseArgs) -> int | None:
+    """The model's top_k if it sent one; otherwise None, so the toolkit's settings decide."""
+    return args.top_k if "top_k" in args.model_fields_set else None
+
+
+def _raw_query(arguments: object) -> str:
+    """Something to label a refused call with, from whatever the model sent."""
+    if isinstance(arguments, dict):
+        for key in ("query", "queries", "url"):
+            if key in arguments:
+                return untrusted(arguments[key], 200)
+    return untrusted(arguments if arguments is not None else "", 200)

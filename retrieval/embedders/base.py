@@ -6,6 +6,9 @@ from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, Field
 
+from core.device import resolve_device, resolve_dtype
+from core.errors import GroundworkError
+
 if TYPE_CHECKING:
     import numpy as np
     import torch
@@ -14,7 +17,7 @@ if TYPE_CHECKING:
 Modality = Literal["text", "image"]
 
 
-class ModelUnavailable(RuntimeError):
+class ModelUnavailable(GroundworkError):
     """A model's weights or config cannot be found locally (the message says where and how)."""
 
 
@@ -42,26 +45,11 @@ class Embedder(Protocol):
 
 
 def pick_device(requested: str = "auto") -> str:
-    import torch
-
-    if requested != "auto":
-        return requested
-    if torch.cuda.is_available():
-        return "cuda"
-    mps = getattr(torch.backends, "mps", None)
-    if mps is not None and mps.is_available():
-        return "mps"
-    return "cpu"
+    return resolve_device(requested, what="embedder")
 
 
 def pick_dtype(device: str, requested: str = "auto") -> torch.dtype:
-    """fp16 only where it is fast and safe (CUDA); half precision on CPU is slow or missing."""
-    import torch
-
-    if requested == "auto":
-        return torch.float16 if device.startswith("cuda") else torch.float32
-    names = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-    return names[requested]
+    return resolve_dtype(requested, device)
 
 
 def hub_offline() -> bool:

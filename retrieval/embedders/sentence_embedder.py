@@ -134,6 +134,6 @@ class SentenceTransformerEmbedder:
 
     def embed_images(self, images: list[Image.Image]) -> np.ndarray:
         raise NotImplementedError(
-            f"{self.spec.name} is a text-only embedder; configure retrieval.clip_model to embed "
-            "images."
+            f"{self.spec.name} is a text-only embedder; configure retrieval.clip_model to "
+            "embed images."
         )

@@ -68,6 +68,10 @@ def script_research(tmp_path: Path, web: WebServer, llm: ScriptedLLM) -> Path:
             "facts": [{"claim": "matte orange foldable body", "source_url": page}],
         },
     )
+    # The grounded prompt is over the tiny pipeline's 77-token encoder: the LLM shortens it.
+    llm.add(
+        "ShortPrompt", {"prompt": "a matte orange foldable quadcopter drone over a lake at dawn"}
+    )
     return path
 
 
@@ -76,14 +80,31 @@ def test_run_writes_image_dossier_and_run_json_with_one_edit_round(
 ) -> None:
     script = script_research(tmp_path, web, scripted_llm)
     scripted_llm.add(
+        "PromptPlan",
+        {
+            "requirements": [
+                {"text": "orange drone", "kind": "attribute"},
+                {"text": "four rotors", "kind": "count"},
+            ]
+        },
+    )
+    scripted_llm.add(
         "Verdict",
         {
-            "match": False,
+            "checks": [
+                {"requirement": "orange drone", "passed": True, "reason": "it is orange"},
+                {"requirement": "four rotors", "passed": False, "reason": "the rotors are missing"},
+            ],
             "score": 0.35,
-            "issues": ["the rotors are missing"],
             "edit_instruction": "add four visible rotors",
         },
-        {"match": True, "score": 0.9, "issues": []},
+        {
+            "checks": [
+                {"requirement": "orange drone", "passed": True},
+                {"requirement": "four rotors", "passed": True},
+            ],
+            "score": 0.9,
+        },
     )
     env = {
         **gw_env,
@@ -121,7 +142,7 @@ def test_run_writes_image_dossier_and_run_json_with_one_edit_round(
         "finish",
     ]
     assert record["status"] == "done"
-    assert [r["action"] for r in record["rounds"]] == ["edit", "finish"]
+    assert [r["action"] for r in record["rounds"]] == ["img2img", "finish"]
     assert record["rounds"][1]["image"]["mode"] == "img2img"
     assert record["image_ids"].keys() == {"IMG_001", "IMG_002"}
 
@@ -129,12 +150,14 @@ def test_run_writes_image_dossier_and_run_json_with_one_edit_round(
     assert "Zephyr X1 drone" in dossier  # the scripted gap
     assert "Zephyr X1 drone design" in dossier  # its query
     assert f"{web.url}/zephyr-x1" in dossier  # the source URL
-    assert "IMG_001" in dossier and "**used**" in dossier
+    assert "IMG_001" in dossier and "**chosen**" in dossier
+    # the tiny pipeline has no IP-Adapter: the reference is never claimed as used
+    assert "**used**" not in dossier and "pixels reached the generator" not in dossier
     assert "![IMG_001](refs/IMG_001.png)" in dossier
     with Image.open(run_dir / "refs" / "IMG_001.png") as ref:
         assert ref.size == (48, 48)
     assert "matte orange foldable quadcopter" in dossier  # the grounded prompt
-    assert "### Round 1 — edit" in dossier and "### Round 2 — finish" in dossier
+    assert "### Round 1 — img2img" in dossier and "### Round 2 — finish" in dossier
     assert "add four visible rotors" in dossier
 
     # the critic really received the image, as a data URL, through the OpenAI protocol

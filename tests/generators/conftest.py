@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from generators.artifacts import ArtifactStore
+from core.artifacts import ArtifactStore
 from generators.settings import GeneratorSettings
 from generators.worker_process import WorkerProcess as WorkerProc
 
@@ -34,6 +34,33 @@ def tiny_settings(tiny_pipeline_dir: Path) -> GeneratorSettings:
         height=64,
         local_files_only=True,
     )
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random-init SDXL pipeline (two text encoders, pooled embeds, time ids)."""
+    from tests.support.tiny_pipeline import build_tiny_sdxl_pipeline
+
+    return build_tiny_sdxl_pipeline(tmp_path_factory.mktemp("tiny-sdxl") / "pipeline")
+
+
+@pytest.fixture
+def pipeline_calls(monkeypatch: pytest.MonkeyPatch) -> Callable[[Any], list[dict[str, Any]]]:
+    """`record(pipe)` -> the kwargs of every call of that pipeline class from now on."""
+
+    def record(pipe: Any) -> list[dict[str, Any]]:
+        calls: list[dict[str, Any]] = []
+        cls = type(pipe)
+        original = cls.__call__
+
+        def spy(self: Any, *args: Any, **kwargs: Any) -> Any:
+            calls.append(kwargs)
+            return original(self, *args, **kwargs)
+
+        monkeypatch.setattr(cls, "__call__", spy)
+        return calls
+
+    return record
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from generators.artifacts import ArtifactStore
+from core.artifacts import ArtifactStore
 from generators.base import GenerationRequest, Generator, ModelNotFoundError
 from generators.diffusers_backend import DiffusersGenerator, check_model_available
 from generators.settings import GeneratorSettings
@@ -198,7 +198,7 @@ async def test_generate_missing_model_raises(store: ArtifactStore, tmp_path: Pat
 
 
 def test_tiny_pipeline_deterministic(tmp_path: Path, tiny_pipeline_dir: Path) -> None:
-    from generators.tiny import build_tiny_pipeline
+    from tests.support.tiny_pipeline import build_tiny_pipeline
 
     other = build_tiny_pipeline(tmp_path / "again", seed=0)
     for rel in ("unet/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors"):
@@ -206,7 +206,7 @@ def test_tiny_pipeline_deterministic(tmp_path: Path, tiny_pipeline_dir: Path) ->
 
 
 def test_tiny_cli(tmp_path: Path) -> None:
-    from generators.tiny import main
+    from tests.support.tiny_pipeline import main
 
     main([str(tmp_path / "cli")])
     assert (tmp_path / "cli" / "model_index.json").is_file()
@@ -215,7 +215,7 @@ def test_tiny_cli(tmp_path: Path) -> None:
 async def test_ip_adapter_reference_images(
     tiny_settings: GeneratorSettings, tiny_pipeline_dir: Path, tmp_path: Path, store: ArtifactStore
 ) -> None:
-    from generators.tiny import build_tiny_ip_adapter
+    from tests.support.tiny_pipeline import build_tiny_ip_adapter
 
     ipa = build_tiny_ip_adapter(tmp_path / "ipa", tiny_pipeline_dir)
     settings = tiny_settings.model_copy(
@@ -233,6 +233,7 @@ async def test_ip_adapter_reference_images(
         await g.aclose()
     assert plain.references_used == 0 and with_red.references_used == 1
     assert with_both.references_used == 2
+    assert [r.how for r in with_both.references] == ["ip_adapter", "ip_adapter"]
     assert len({plain.image.sha256, with_red.image.sha256, with_both.image.sha256}) == 3
     assert again.image.sha256 == with_red.image.sha256
     assert store.meta(with_red.image.sha256)["reference_images"] == [red]
@@ -242,6 +243,8 @@ async def test_references_without_ip_adapter_are_reported(gen: DiffusersGenerato
     ref = gen.store.put_image(Image.new("RGB", (8, 8))).sha256
     res = await gen.generate(req(seed=1, reference_images=[ref]))
     assert res.references_used == 0
+    assert [(r.sha256, r.used) for r in res.references] == [(ref, False)]
+    assert "no IP-Adapter configured" in res.references[0].why
 
 
 def test_snap_size_buckets() -> None:

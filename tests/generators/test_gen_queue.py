@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import redis
 
-from generators.artifacts import ArtifactStore
+from core.artifacts import ArtifactStore
 from generators.base import GenerationCancelled, GenerationRequest, GeneratorError
 from generators.queue import QueueGenerator
 from generators.settings import GeneratorSettings, QueueSettings
@@ -135,7 +135,9 @@ async def test_failing_job_dead_lettered(solo_client: QueueGenerator, redis_url:
     dead = r.xrange(solo_client.keys.dead)
     assert len(dead) == 1
     fields = dead[0][1]
-    assert fields["attempts"] == "2" and "not in the artifact store" in fields["error"]
+    # A missing input image cannot appear by retrying: dead-lettered on the first attempt
+    # (issue 9), not after max_attempts (2 here) as before.
+    assert fields["attempts"] == "1" and "not in the artifact store" in fields["error"]
     assert GenerationRequest.model_validate_json(fields["request"]).init_image == missing
     status = await solo_client.status(fields["job_id"])
     assert status["state"] == "dead"

@@ -13,6 +13,7 @@ from langgraph.checkpoint.memory import InMemorySaver
 
 from agent.services import Services
 from agent.settings import RunContext, Settings
+from agent.state import RunOutput
 from graphs import build_graph
 from tests.support.scripted_llm import ScriptedLLM
 from tests.support.web import FakeDDGS, WebServer, install_fake_ddgs, png_bytes
@@ -79,7 +80,10 @@ async def _run(
 ) -> dict[str, Any]:
     graph = build_graph(services.settings, checkpointer=_SAVER, services=services)
     config: Any = {"configurable": {"thread_id": thread}}
-    return dict(await graph.ainvoke({"request": request}, config, context=context))
+    output = await graph.ainvoke({"request": request}, config, context=context)
+    assert set(output) <= set(RunOutput.__annotations__)  # the narrow output schema
+    # Internal counters (tool_calls, intent) are checked on the full checkpointed state.
+    return dict((await graph.aget_state(config)).values)
 
 
 _SAVER = InMemorySaver()
@@ -107,16 +111,25 @@ async def test_critique_loop_is_bounded_by_max_rounds(
     )
     scripted_llm.add("GapReport", {"gaps": [GAP]})
     scripted_llm.add("GroundedPrompt", {"gen_prompt": "an orange drone"})
-    never = {"match": False, "score": 0.1, "issues": ["wrong"], "edit_instruction": "fix it"}
-    scripted_llm.add("Verdict", never, never, never, never)
+    # The grounded prompt came without requirements: a checklist is written for the critic.
+    scripted_llm.add(
+        "PromptPlan", {"requirements": [{"text": "the drone is orange", "kind": "attribute"}]}
+    )
+
+    def failing(score: float) -> dict[str, Any]:
+        check = {"requirement": "an orange drone", "passed": False, "reason": "wrong colour"}
+        return {"checks": [check], "score": score, "edit_instruction": "make it orange"}
+
+    # The score improves every round, so only the round budget stops the loop.
+    scripted_llm.add("Verdict", failing(0.1), failing(0.2), failing(0.3), failing(0.4))
     services = Services(bounded)
     try:
         state = await _run(services, "a Zephyr X1 drone", thread="bounded")
     finally:
         await services.aclose()
-    assert [r["action"] for r in state["rounds"]] == ["edit", "finish"]
+    assert [r["action"] for r in state["rounds"]] == ["img2img", "finish"]
     assert len(scripted_llm.calls("Verdict")) == 2
-    assert any("critique rounds used up (2)" in n for n in state["notices"])
+    assert any("repair rounds used up (2)" in n for n in state["notices"])
 
 
 async def test_tool_budget_caps_research_and_says_what_was_skipped(

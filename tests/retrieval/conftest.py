@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from retrieval.settings import RetrievalSettings
-from retrieval.tiny import register_tiny_clip
+from tests.support.tiny_clip import register_tiny_clip
 
 torch.set_num_threads(1)
 

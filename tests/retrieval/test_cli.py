@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from retrieval.cli import kb_app
+from cli.kb import kb_app
 
 
 @pytest.fixture()

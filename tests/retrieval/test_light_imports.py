@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parents[2]
 def test_api_and_settings_import_light() -> None:
     code = (
         "import sys, retrieval, retrieval.api, retrieval.settings, retrieval.embedders, "
-        "retrieval.cli, retrieval.tiny; "
+        "cli.kb, tests.support.tiny_clip; "
         "heavy = [m for m in ('torch', 'faiss', 'open_clip', 'sentence_transformers') "
         "if m in sys.modules]; print(','.join(heavy))"
     )

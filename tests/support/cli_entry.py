@@ -13,6 +13,6 @@ from tests.support.web import install_fake_ddgs
 if __name__ == "__main__":
     script = os.environ.get("GROUNDWORK_TEST_DDGS_SCRIPT")
     install_fake_ddgs(Path(script) if script else None)
-    from agent.cli import main
+    from cli.main import main
 
     main()

@@ -3,8 +3,14 @@
 It speaks enough of the Chat Completions API for `langchain_openai.ChatOpenAI` (and therefore
 our real client code) to talk to it over a real socket. Answers are scripted per structured
 output schema name (`GapReport`, `GroundedPrompt`, `Verdict`, `Intent`), taken from
-`response_format.json_schema.name`, a forced tool call, or the schema title in JSON mode. Every
-request body is recorded so tests can assert what the model was sent.
+`response_format.json_schema.name`, a forced tool call, or the schema title in JSON mode; plain
+requests (the react policy's) are "text". Every request body is recorded so tests can assert
+what the model was sent.
+
+A scripted answer is a dict (sent as JSON content), a raw string (sent as content), or a reply
+spec for plain requests: `{"tool_calls": [{"name": ..., "arguments": {...} or "raw"}],
+"content": ..., "usage": {"prompt_tokens": n, "completion_tokens": m}}` (every key optional,
+at least one of them given) answers with OpenAI tool calls and/or content and that usage.
 """
 
 from __future__ import annotations
@@ -16,6 +22,18 @@ import time
 from collections import defaultdict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+_REPLY_KEYS = frozenset({"tool_calls", "content", "usage"})
+
+
+def _is_reply_spec(answer: Any) -> bool:
+    """A reply spec (tool calls / content / usage), not a structured answer to send as JSON."""
+    return (
+        isinstance(answer, dict)
+        and bool(answer)
+        and set(answer) <= _REPLY_KEYS
+        and ("tool_calls" in answer or "usage" in answer or "content" in answer)
+    )
 
 
 class ScriptedLLM:
@@ -85,9 +103,30 @@ class ScriptedLLM:
             answer = queue.pop(0) if queue else None
         if answer is None:
             return 500, {"error": {"message": f"scripted server: no answer left for {schema}"}}
+        usage = {"prompt_tokens": 10, "completion_tokens": 10}
+        forced = isinstance(body.get("tool_choice"), dict)
+        if not forced and _is_reply_spec(answer):
+            usage.update(answer.get("usage") or {})
+            message: dict[str, Any] = {"role": "assistant", "content": answer.get("content")}
+            calls = answer.get("tool_calls") or []
+            if calls:
+                message["tool_calls"] = [
+                    {
+                        "id": c.get("id") or f"call_{len(self.requests)}_{i}",
+                        "type": "function",
+                        "function": {
+                            "name": c["name"],
+                            "arguments": c["arguments"]
+                            if isinstance(c.get("arguments"), str)
+                            else json.dumps(c.get("arguments") or {}),
+                        },
+                    }
+                    for i, c in enumerate(calls)
+                ]
+            return 200, self._completion(body, message, usage)
         content = answer if isinstance(answer, str) else json.dumps(answer)
-        message: dict[str, Any] = {"role": "assistant", "content": content}
-        if isinstance(body.get("tool_choice"), dict):
+        message = {"role": "assistant", "content": content}
+        if forced:
             message = {
                 "role": "assistant",
                 "content": None,
@@ -99,13 +138,24 @@ class ScriptedLLM:
                     }
                 ],
             }
-        return 200, {
+        return 200, self._completion(body, message, usage)
+
+    def _completion(
+        self, body: dict[str, Any], message: dict[str, Any], usage: dict[str, int]
+    ) -> dict[str, Any]:
+        return {
             "id": f"chatcmpl-{len(self.requests)}",
             "object": "chat.completion",
             "created": int(time.time()),
             "model": body.get("model", self.models[0]),
-            "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 10, "completion_tokens": 10, "total_tokens": 20},
+            "choices": [
+                {
+                    "index": 0,
+                    "message": message,
+                    "finish_reason": "tool_calls" if message.get("tool_calls") else "stop",
+                }
+            ],
+            "usage": {**usage, "total_tokens": sum(usage.values())},
         }
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from generators.artifacts import ArtifactStore
+from core.artifacts import ArtifactStore
 from tools.settings import ToolSettings
 
 Handler = Callable[[BaseHTTPRequestHandler], None]
@@ -77,7 +77,9 @@ class LoopServer:
                     super().handle_error(request, client_address)
 
         self._server = Server(("127.0.0.1", 0), H)
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        ).start()
         return self
 
     def stop(self) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from generators.artifacts import ArtifactStore
+from core.artifacts import ArtifactStore
 from tests.tools.conftest import LoopServer, tool_settings
 from tools.extract import chunk_blocks, extract_main_text, rank_passages
 from tools.observations import Passage

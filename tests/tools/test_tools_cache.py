@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from generators.artifacts import ArtifactStore
+from core.artifacts import ArtifactStore
 from generators.redis_server import free_port
 from tests.tools.conftest import FakeDDGS, tool_settings
 from tools.cache import CacheError, DiskCache, RedisCache, cache_key, make_cache

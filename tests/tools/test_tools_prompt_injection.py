@@ -84,7 +84,8 @@ async def test_page_instructions_do_not_change_behaviour(
     assert server.hits.count("/zephyr") == 1  # research reads the top result page, once
     assert [o["tool"] for o in state["observations"]] == ["search", "image_search", "browse"]
     assert state["grounded"]["gen_prompt"] == "an orange four-rotor drone"
-    assert state["tool_calls"] == 3
+    tool_calls = state["usage"]["tool_calls"] if "usage" in state else state["tool_calls"]
+    assert tool_calls == 3
     assert all(
         "tools" not in r and "tool_calls" not in str(r.get("messages"))
         for r in scripted_llm.requests

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from generators.artifacts import ArtifactStore
+from core.artifacts import ArtifactStore
 from retrieval.settings import RetrievalSettings
 from tests.tools.conftest import FakeDDGS, LoopServer, png, tool_settings
 from tools.observations import ImageHit, ImageRegistry, Passage
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> str:
-    from retrieval.tiny import register_tiny_clip
+    from tests.support.tiny_clip import register_tiny_clip
 
     return register_tiny_clip(tmp_path_factory.mktemp("tiny_clip"))
 
@@ -103,7 +103,7 @@ async def test_missing_knowledge_base_is_an_observation(tmp_path: Path, tiny_cli
         retrieval=_retrieval(tmp_path, tiny_clip),
     )
     try:
-        obs = await kit.knowledge_base("anything")
+        obs = await kit.knowledge_base("anything", registry=ImageRegistry())
     finally:
         await kit.aclose()
     assert not obs.ok and "No knowledge base" in (obs.error or "")

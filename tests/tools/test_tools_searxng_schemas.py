@@ -6,12 +6,10 @@ import json
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
-import pytest
-
-from generators.artifacts import ArtifactStore
+from core.artifacts import ArtifactStore
 from tests.tools.conftest import FakeDDGS, LoopServer, png, tool_settings
 from tools.observations import ImageHit, ImageRegistry, SearchHit
-from tools.schemas import GEN_SEARCHER_SCHEMAS, TOOL_SCHEMAS, ToolCallError, dispatch
+from tools.schemas import GEN_SEARCHER_SCHEMAS, TOOL_SCHEMAS
 from tools.toolkit import Toolkit
 
 
@@ -118,18 +116,24 @@ def test_schemas_match_gen_searcher_shape() -> None:
     json.dumps(TOOL_SCHEMAS)  # serializable as sent to an OpenAI-compatible server
 
 
-async def test_dispatch_runs_model_tool_calls(tmp_path: Path, fake_ddgs: type[FakeDDGS]) -> None:
+async def test_toolkit_call_runs_model_tool_calls(
+    tmp_path: Path, fake_ddgs: type[FakeDDGS]
+) -> None:
+    # Was `dispatch`, which raised ToolCallError; `Toolkit.call` answers a failed observation.
     fake_ddgs.text_results = {"a": [{"href": "https://a/"}], "b": [{"href": "https://b/"}]}
     kit = Toolkit(tool_settings(tmp_path, [], cache_enabled=False), ArtifactStore(tmp_path / "a"))
     reg = ImageRegistry()
     try:
-        obs = await dispatch(kit, "search", '{"queries": ["a", "b"], "top_k": 3}', registry=reg)
+        obs = await kit.call("search", '{"queries": ["a", "b"], "top_k": 3}', registry=reg)
+        assert isinstance(obs, list)
         assert [o.query for o in obs] == ["a", "b"] and all(o.ok for o in obs)
-        (browse,) = await dispatch(kit, "browse", {"url": "ftp://x/", "query": "q"}, registry=reg)
-        assert not browse.ok
-        with pytest.raises(ToolCallError):
-            await dispatch(kit, "rm_rf", "{}", registry=reg)
-        with pytest.raises(ToolCallError):
-            await dispatch(kit, "search", "{not json", registry=reg)
+        browse = await kit.call("browse", {"url": "ftp://x/", "query": "q"}, registry=reg)
+        assert not isinstance(browse, list) and not browse.ok
+        unknown = await kit.call("rm_rf", "{}", registry=reg)
+        assert not isinstance(unknown, list) and not unknown.ok
+        assert "unknown tool" in (unknown.error or "")
+        bad = await kit.call("search", "{not json", registry=reg)
+        assert isinstance(bad, list) and len(bad) == 1
+        assert not bad[0].ok and "not JSON" in (bad[0].error or "")
     finally:
         await kit.aclose()

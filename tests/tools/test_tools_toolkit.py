@@ -10,7 +10,7 @@ from pathlib import Path
 import ddgs.exceptions as dx
 import pytest
 
-from generators.artifacts import ArtifactStore
+from core.artifacts import ArtifactStore
 from tests.tools.conftest import FakeDDGS, LoopServer, png, tool_settings
 from tools.cache import DiskCache
 from tools.observations import ImageHit, ImageRegistry, Passage, SearchHit
@@ -246,7 +246,7 @@ async def test_knowledge_base_without_retrieval_settings_is_an_observation(
 ) -> None:
     kit = make_kit(tmp_path, store, [], cache_enabled=False)
     try:
-        obs = await kit.knowledge_base("anything")
+        obs = await kit.knowledge_base("anything", registry=ImageRegistry())
     finally:
         await kit.aclose()
     assert not obs.ok and "not configured" in (obs.error or "")

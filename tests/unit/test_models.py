@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from agent.models import Gap, GroundedPrompt
+from agent.stages.analyze import Gap
+from agent.stages.synthesize import GroundedPrompt
 
 
 def test_blank_and_repeated_queries_are_dropped_not_searched() -> None:

@@ -18,7 +18,10 @@ from agent.llm import (
     make_chat_model,
     structured_call,
 )
-from agent.models import GapReport, GroundedPrompt, Intent, Verdict
+from agent.stages.analyze import GapReport
+from agent.stages.critique import Verdict
+from agent.stages.intake import Intent
+from agent.stages.synthesize import GroundedPrompt
 from tests.support.scripted_llm import ScriptedLLM
 
 GOOD = {"gaps": [{"kind": "entity", "span": "Zephyr X1", "text_queries": ["Zephyr X1 drone"]}]}

@@ -1,4 +1,5 @@
-"""The contract every search provider meets, and the choice between them.
+"""The contract every search provider meets (the registry that picks one is
+`tools.providers.PROVIDERS`; this module imports no provider, so none imports back).
 
 Providers return plain normalized records (`SearchHit`, `ImageCandidate`) whatever keys their
 upstream API uses this month; the toolkit downloads, checks and stores images itself, so a
@@ -7,20 +8,17 @@ provider never touches the artifact store or the IMG_### numbering.
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel
 
+from core.errors import GroundworkError
 from tools.observations import SearchHit
-
-if TYPE_CHECKING:
-    from tools.settings import ToolSettings
 
 ProviderName = Literal["ddgs", "searxng"]
 
 
-class ProviderError(Exception):
+class ProviderError(GroundworkError):
     """A provider call failed. `offline` = no network (never retried); `retriable` = worth
     another try after a backoff (rate limits, timeouts, 5xx)."""
 
@@ -69,26 +67,3 @@ def as_int(value: object) -> int | None:
     if isinstance(value, float) and value > 0:
         return int(value)
     return None
-
-
-def make_provider(
-    name: ProviderName,
-    settings: ToolSettings,
-    *,
-    executor: ThreadPoolExecutor,
-) -> SearchProvider:
-    """Build the named provider; raises ProviderError saying what is missing."""
-    if name == "ddgs":
-        from tools.providers.ddgs_provider import DDGSProvider
-
-        return DDGSProvider(settings, executor)
-    if name == "searxng":
-        from tools.providers.searxng_provider import SearxngProvider
-
-        if not settings.searxng_url:
-            raise ProviderError(
-                "provider 'searxng' selected but tools.searxng_url is not set "
-                "(e.g. GROUNDWORK_TOOLS__SEARXNG_URL=http://localhost:8888)"
-            )
-        return SearxngProvider(settings)
-    raise ProviderError(f"unknown search provider {name!r}; use ddgs, searxng or none")

@@ -23,9 +23,17 @@ class SearxngProvider:
     name = "searxng"
 
     def __init__(self, settings: ToolSettings) -> None:
-        assert settings.searxng_url
+        if not settings.searxng_url:
+            raise ProviderError("provider 'searxng' needs tools.searxng_url")
         self.settings = settings
-        base = httpx.URL(settings.searxng_url)
+        try:
+            base = httpx.URL(settings.searxng_url)
+        except (httpx.InvalidURL, ValueError) as exc:
+            raise ProviderError(f"tools.searxng_url {settings.searxng_url!r}: {exc}") from exc
+        if base.scheme not in ("http", "https") or not base.host:
+            raise ProviderError(
+                f"tools.searxng_url {settings.searxng_url!r} is not an http(s) URL with a host"
+            )
         port = base.port or (443 if base.scheme == "https" else 80)
         host = f"[{base.host}]" if ":" in base.host else base.host
         self.endpoint = urljoin(settings.searxng_url.rstrip("/") + "/", "search")
@@ -50,7 +58,7 @@ class SearxngProvider:
             ) from exc
         try:
             payload = json.loads(res.text())
-        except json.JSONDecodeError as exc:
+        except (ValueError, RecursionError) as exc:  # bad JSON, or nested past the stack
             raise ProviderError(f"searxng returned invalid JSON: {exc}") from exc
         results = payload.get("results") if isinstance(payload, dict) else None
         if not isinstance(results, list):

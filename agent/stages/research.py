@@ -1,0 +1,159 @@
+"""research: every query of every gap, concurrently, each under a timeout, within the run's tool
+budget; then a second wave that reads the top result page of each gap. A failing tool becomes an
+`Observation(ok=False)`, never an exception that ends the run."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import TYPE_CHECKING
+
+from agent.stage import Result, StageRun
+from agent.stages.analyze import GapReport
+from tools.observations import ImageRegistry, Observation, SearchHit, ToolName
+
+if TYPE_CHECKING:
+    from tools.toolkit import Toolkit
+
+ToolCall = tuple[ToolName, str, Callable[[], Awaitable[Observation]]]
+"""One planned research call: tool, what it is about (for logs and notices), the call itself."""
+
+
+async def run_tool(
+    run: StageRun,
+    tool: ToolName,
+    query: str,
+    fn: Callable[[], Awaitable[Observation]],
+    timeout: float,
+) -> Observation:
+    """One tool call with its timeout, streamed to the caller and written to the trace."""
+    t0 = time.perf_counter()
+    try:
+        obs = await asyncio.wait_for(fn(), timeout=timeout)
+    except TimeoutError:
+        obs = Observation.failure(tool, query, f"timed out after {timeout:.0f}s")
+    obs.elapsed_s = obs.elapsed_s or round(time.perf_counter() - t0, 4)
+    run.emit(
+        {
+            "tool": obs.tool,
+            "query": query,
+            "ok": obs.ok,
+            "items": len(obs.items),
+            "error": obs.error,
+            "cached": obs.cached,
+        }
+    )
+    run.record_tool({"tool": tool, "query": query, "observation": obs.model_dump(mode="json")})
+    return obs
+
+
+def outcome_notice(calls: int, observations: list[Observation]) -> str | None:
+    """Say what happened: no call made is not the same as every call failing."""
+    if calls == 0:
+        return "no tool calls were made (no gap had a query, or the tool budget was 0)"
+    failed = [o for o in observations if not o.ok]
+    empty = [o for o in observations if o.ok and not o.items]
+    if len(failed) == len(observations):
+        return f"every tool call failed ({len(failed)} of {calls})"
+    if len(failed) + len(empty) == len(observations):
+        return (
+            f"every tool call failed or came back empty ({len(failed)} failed, {len(empty)} empty)"
+        )
+    return None
+
+
+async def research(run: StageRun) -> Result:
+    settings = run.settings
+    state = run.state
+    report = GapReport.model_validate(state.get("gaps") or {})
+    toolkit = run.services.toolkit()
+    registry = ImageRegistry.from_ids(state.get("image_ids") or {})
+    budget = settings.agent.max_tool_calls - state.get("tool_calls", 0)
+    timeout = settings.tools.timeout_s + 5.0
+
+    calls: list[ToolCall] = []
+    for gap in report.gaps:
+        for q in gap.text_queries:
+            calls.append(("search", q, partial(_search_one, toolkit, q)))
+        for q in gap.image_queries:
+            calls.append(("image_search", q, partial(toolkit.image_search, q, registry=registry)))
+        if settings.retrieval.kb_dir.exists():
+            calls.append(
+                (
+                    "knowledge_base",
+                    gap.span,
+                    partial(toolkit.knowledge_base, gap.span, registry=registry),
+                )
+            )
+    skipped = calls[max(budget, 0) :]
+    calls = calls[: max(budget, 0)]
+    semaphore = asyncio.Semaphore(settings.agent.research_concurrency)
+
+    async def one(
+        tool: ToolName, query: str, fn: Callable[[], Awaitable[Observation]]
+    ) -> Observation:
+        async with semaphore:
+            return await run_tool(run, tool, query, fn, timeout)
+
+    observations = list(await asyncio.gather(*(one(*c) for c in calls)))
+    # Snippets are thin; read the top pages of each gap's searches for real facts. This
+    # needs the search results, so it is a second concurrent wave within the same budget.
+    browses = _browse_calls(toolkit, report, observations, settings.agent.browse_per_gap)
+    room = max(budget - len(calls), 0)
+    skipped += browses[room:]
+    observations += await asyncio.gather(*(one(*c) for c in browses[:room]))
+    notices = []
+    if skipped:
+        notices.append(
+            f"research budget of {settings.agent.max_tool_calls} tool calls reached; "
+            f"skipped {len(skipped)}: " + ", ".join(f"{t} '{q}'" for t, q, _ in skipped)
+        )
+    failed = [o for o in observations if not o.ok]
+    summary = (
+        f"{len(observations)} tool calls, {len(observations) - len(failed)} ok, "
+        f"{len(failed)} failed"
+    )
+    return Result(
+        {
+            "observations": [o.model_dump(mode="json") for o in observations],
+            "image_ids": registry.ids(),
+            "tool_calls": state.get("tool_calls", 0) + len(observations),
+            "notices": notices,
+        },
+        summary,
+    )
+
+
+async def _search_one(toolkit: Toolkit, query: str) -> Observation:
+    """One query per call, so each counts once against the tool budget."""
+    results = await toolkit.search([query])
+    return results[0] if results else Observation.failure("search", query, "no result")
+
+
+def _browse_calls(
+    toolkit: Toolkit, report: GapReport, observations: list[Observation], per_gap: int
+) -> list[ToolCall]:
+    """The first `per_gap` result pages of each gap's text searches, each page read once."""
+    by_query = {o.query: o for o in observations if o.tool == "search" and o.ok}
+    seen: set[str] = set()
+    calls: list[ToolCall] = []
+    for gap in report.gaps:
+        picked = 0
+        hits = [
+            item
+            for q in gap.text_queries
+            if q in by_query
+            for item in by_query[q].items
+            if isinstance(item, SearchHit) and item.url
+        ]
+        for hit in hits:
+            if picked >= per_gap:
+                break
+            if hit.url in seen:
+                continue
+            seen.add(hit.url)
+            picked += 1
+            calls.append(("browse", gap.span, partial(toolkit.browse, hit.url, gap.span)))
+    return calls

@@ -1,0 +1,287 @@
+"""Load on the HTTP service: many concurrent runs through the real API layer and Runner.
+
+The server (`groundwork serve`'s app, a subprocess on loopback) runs the real Runner with the
+scripted OpenAI-compatible LLM and a no-op generator, so what is measured is the service: auth,
+limits, durable acceptance, SQLite event logs, SSE fan-out, the LangGraph run loop. Per round,
+N clients each POST /v1/runs at once, follow their run's events to the end, then GET it.
+Prints completed runs, errors, p50/p99 of accept (POST), read (GET) and run-to-done latency,
+and the server's RSS after each round (a leak shows as growth from round to round).
+
+  python -m benchmarks.run service            # 200 concurrent runs x 3 rounds
+  python -m benchmarks.run service --quick    # 40 x 3
+
+Needs redis-server on PATH (a private one is started on a free port).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from generators.redis_server import RedisServer, free_port
+
+TOKEN = "bench-token-0123456789abcdef"
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+# -- the server side (a subprocess: `python -m benchmarks.bench_service --serve ...`) -----------
+def serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from agent.services import Services
+    from agent.settings import Settings
+    from generators.base import Generator
+    from generators.noop import NoopGenerator
+    from graphs.runner import Runner
+    from service.app import create_app
+    from service.runs import RunnerLike
+    from service.settings import ServiceSettings
+
+    class NoopServices(Services):
+        """Services whose generator is the no-op one (flat 8x8 images, no model)."""
+
+        def generator(self) -> Generator:
+            if self._generator is None:
+                self._generator = NoopGenerator(self.store)
+            return self._generator
+
+    if args.separate_lock_db:
+        # Measure the service without graphs.locks' contention on the checkpoint file: its
+        # synchronous BEGIN IMMEDIATE on the event loop waits (up to 10 s) for the saver's
+        # aiosqlite transaction, which itself waits for the blocked loop.
+        import graphs.runner
+        from graphs.locks import ThreadLock
+
+        class SeparateFileLock(ThreadLock):
+            def __init__(self, db: Path, thread_id: str) -> None:
+                super().__init__(db.with_name(db.name + ".locks"), thread_id)
+
+        graphs.runner.ThreadLock = SeparateFileLock  # type: ignore[misc]
+
+    def factory(settings: Settings, services: Services) -> RunnerLike:
+        if args.runner == "instant":
+            from tests.service.fakes import FakeRunner
+
+            instant: RunnerLike = FakeRunner(services, delay_s=0.0)
+            return instant
+        runner: RunnerLike = Runner(settings, NoopServices(settings))
+        return runner
+
+    work = Path(args.work)
+    settings = Settings.model_validate(
+        {
+            "llm": {"base_url": args.llm, "model": "scripted-llm", "max_retries": 0},
+            "generator": {"width": 64, "height": 64, "steps": 2},
+            "artifacts": {"root": str(work / "artifacts")},
+            "runs_dir": str(work / "runs"),
+            "checkpoint_db": str(work / "checkpoints.sqlite"),
+            "traces_dir": str(work / "traces"),
+            "tools": {"text_provider": "none", "image_provider": "none", "cache_enabled": False},
+            "retrieval": {"kb_dir": str(work / "kb")},
+        }
+    )
+    cfg = ServiceSettings.model_validate(
+        {
+            "tokens": {"bench": TOKEN},
+            "db": str(work / "service.sqlite"),
+            "redis_url": args.redis,
+            "rate_limit_per_minute": 1_000_000,
+            "max_concurrent_runs": 100_000,
+            "max_running": args.max_running,
+            "max_queued": 100_000,
+            "shutdown_grace_s": 0,
+        }
+    )
+    app = create_app(settings, cfg, runner_factory=factory)
+    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", access_log=False)
+
+
+# -- the client side --------------------------------------------------------------------------
+async def one_run(client: httpx.AsyncClient, i: int, stats: dict[str, Any]) -> None:
+    t0 = time.perf_counter()
+    try:
+        r = await client.post("/v1/runs", json={"prompt": f"a red apple on a table, take {i}"})
+        stats["accept"].append(time.perf_counter() - t0)
+        if r.status_code != 202:
+            stats["errors"].append(f"POST {r.status_code}")
+            return
+        run_id = r.json()["id"]
+        last = 0
+        for _ in range(5):  # reconnect with Last-Event-ID if a stream drops
+            headers = {"Last-Event-ID": str(last)}
+            async with client.stream("GET", f"/v1/runs/{run_id}/events", headers=headers) as s:
+                if s.status_code == 204:
+                    break
+                async for line in s.aiter_lines():
+                    if line.startswith("id:"):
+                        last = int(line[3:])
+            status = (await client.get(f"/v1/runs/{run_id}")).json()["status"]
+            if status not in ("queued", "running"):
+                break
+        stats["run"].append(time.perf_counter() - t0)
+        t1 = time.perf_counter()
+        r = await client.get(f"/v1/runs/{run_id}")
+        stats["read"].append(time.perf_counter() - t1)
+        if r.json()["status"] == "done":
+            stats["completed"] += 1
+        else:
+            stats["errors"].append(f"run {r.json()['status']}: {r.json()['error']}")
+    except httpx.HTTPError as e:
+        stats["errors"].append(f"{type(e).__name__}: {e}")
+
+
+async def round_(url: str, n: int, timeout: float) -> dict[str, Any]:
+    stats: dict[str, Any] = {"accept": [], "read": [], "run": [], "errors": [], "completed": 0}
+    limits = httpx.Limits(max_connections=n * 2 + 10, max_keepalive_connections=n * 2 + 10)
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    async with httpx.AsyncClient(
+        base_url=url, headers=headers, limits=limits, timeout=timeout
+    ) as client:
+        t0 = time.perf_counter()
+        tasks = [asyncio.create_task(one_run(client, i, stats)) for i in range(n)]
+        done, pending = await asyncio.wait(tasks, timeout=timeout)
+        for task in pending:
+            task.cancel()
+        stats["errors"] += [f"timed out after {timeout:.0f} s"] * len(pending)
+        stats["wall"] = time.perf_counter() - t0
+    return stats
+
+
+def ms(values: list[float], q: float) -> str:
+    return f"{percentile(values, q) * 1000:8.1f}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="40 runs per round")
+    parser.add_argument("--runs", type=int, default=200, help="concurrent runs per round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--max-running", type=int, default=200, help="server's run slots")
+    parser.add_argument("--timeout", type=float, default=300.0, help="cap per round, seconds")
+    parser.add_argument(
+        "--runner",
+        choices=["real", "instant"],
+        default="real",
+        help="real: graphs.runner.Runner (scripted LLM, no-op generator); instant: a stand-in "
+        "that emits the same events at once (the API layer alone)",
+    )
+    parser.add_argument("--keep", help="work folder to keep (server.log, databases)")
+    parser.add_argument(
+        "--separate-lock-db",
+        action="store_true",
+        help="thread locks in their own SQLite file, not the checkpoint database",
+    )
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--work", help=argparse.SUPPRESS)
+    parser.add_argument("--llm", help=argparse.SUPPRESS)
+    parser.add_argument("--redis", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.serve:
+        serve(args)
+        return
+    n = 40 if args.quick else args.runs
+    from tests.support.scripted_llm import ScriptedLLM
+
+    llm = ScriptedLLM().start()
+    llm.add("GapReport", *([{"gaps": []}] * (n * (args.rounds + 1) + 10)))
+    with RedisServer() as redis, tempfile.TemporaryDirectory(prefix="gw-bench-svc-") as tmp:
+        work = args.keep or tmp
+        Path(work).mkdir(parents=True, exist_ok=True)
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        log = Path(work) / "server.log"
+        cmd = [sys.executable, "-m", "benchmarks.bench_service", "--serve", "--port", str(port)]
+        cmd += ["--work", work, "--llm", llm.base_url, "--redis", redis.url]
+        cmd += ["--max-running", str(args.max_running)]
+        cmd += ["--separate-lock-db"] if args.separate_lock_db else []
+        cmd += ["--runner", args.runner]
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+        with log.open("wb") as out:
+            proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit(f"server did not start:\n{log.read_text()[-2000:]}")
+                time.sleep(0.2)
+            warm = asyncio.run(round_(url, 5, args.timeout))  # imports, graph compile, caches
+            print(
+                f"server {proc.pid}: warm-up {warm['completed']}/5 done; "
+                f"RSS {rss_mib(proc.pid):.0f} MiB; {n} concurrent runs x {args.rounds} rounds, "
+                f"runner={args.runner}, max_running={args.max_running}, "
+                f"separate_lock_db={args.separate_lock_db}",
+                flush=True,
+            )
+            print(
+                "round  completed errors  wall_s   runs/s  accept_p50 accept_p99  read_p50"
+                "  read_p99   run_p50   run_p99  rss_MiB   (latencies in ms)"
+            )
+            rss: list[float] = []
+            summary = []
+            for k in range(1, args.rounds + 1):
+                s = asyncio.run(round_(url, n, args.timeout))
+                rss.append(rss_mib(proc.pid))
+                summary.append(s)
+                print(
+                    f"{k:5d} {s['completed']:10d} {len(s['errors']):6d} {s['wall']:7.1f} "
+                    f"{s['completed'] / s['wall']:8.1f} {ms(s['accept'], 50)}   "
+                    f"{ms(s['accept'], 99)}  {ms(s['read'], 50)}  {ms(s['read'], 99)}  "
+                    f"{ms(s['run'], 50)}  {ms(s['run'], 99)}  {rss[-1]:7.0f}",
+                    flush=True,
+                )
+                for err in sorted(set(s["errors"]))[:5]:
+                    print(f"      error: {err}")
+            growth = [b - a for a, b in zip(rss, rss[1:], strict=False)]
+            total = sum(s["completed"] for s in summary)
+            print(
+                f"completed {total}/{n * args.rounds}; errors "
+                f"{sum(len(s['errors']) for s in summary)}; RSS by round "
+                f"{', '.join(f'{r:.0f}' for r in rss)} MiB (round-to-round "
+                f"{', '.join(f'{g:+.0f}' for g in growth) or 'n/a'} MiB); "
+                f"median accept {statistics.median(summary[-1]['accept']) * 1000:.1f} ms"
+                if summary[-1]["accept"]
+                else "no runs accepted"
+            )
+            print(json.dumps({"rss_mib": rss, "completed": total}))
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            llm.stop()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

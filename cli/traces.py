@@ -1,0 +1,91 @@
+"""`groundwork traces ...`: run traces as training data. Parses, calls agent.sft, renders;
+exit codes follow the main CLI (1 failed, 2 bad input). Names from run folders are printed as
+plain text (no markup)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from agent.sft import FORMATS, Format, export_runs
+from cli.text import plain
+from core.artifacts import ArtifactStore
+from core.errors import GroundworkError, InputError
+
+traces_app = typer.Typer(
+    help="Run traces (every LLM and tool call, trace.jsonl in each run folder) as SFT data.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(markup=False, emoji=False, highlight=False)
+err_console = Console(stderr=True, markup=False, emoji=False, highlight=False)
+EXIT_FAILED, EXIT_USAGE = 1, 2
+
+
+def _fail(message: object, code: int) -> typer.Exit:
+    err_console.print(f"error: {plain(message)}", soft_wrap=True)
+    return typer.Exit(code)
+
+
+@traces_app.command("export")
+def export(
+    runs_dir: Annotated[
+        Path, typer.Argument(help="A folder of run folders (groundwork run --out), or one run.")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The JSONL file to write.")],
+    fmt: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            "-f",
+            help="openai (chat with tool calls) or sharegpt (LLaMA-Factory, <tool_call> text).",
+        ),
+    ] = "openai",
+    only_matched: Annotated[
+        bool,
+        typer.Option(
+            "--only-matched", help="Only runs whose final critique passed every requirement."
+        ),
+    ] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="List each skipped run and why.")
+    ] = False,
+) -> None:
+    """One line per run: a react run's conversation as the policy saw it, a planned run as the
+    equivalent tool-calling conversation. Images are written to images/ beside the file."""
+    if fmt not in FORMATS:
+        raise _fail(f"unknown --format {fmt!r}; use one of: {', '.join(FORMATS)}", EXIT_USAGE)
+    try:
+        from cli.common import load_settings
+
+        store = ArtifactStore.from_settings(load_settings().artifacts)
+        report = export_runs(
+            runs_dir.expanduser(),
+            out.expanduser(),
+            fmt=_format(fmt),
+            only_matched=only_matched,
+            store=store,
+        )
+    except InputError as exc:
+        raise _fail(exc, EXIT_USAGE) from None
+    except GroundworkError as exc:
+        raise _fail(exc, EXIT_FAILED) from None
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise _fail(f"{exc.strerror or exc}{where}", EXIT_FAILED) from None
+    policies = ", ".join(f"{n} {p}" for p, n in sorted(report.by_policy.items())) or "none"
+    console.print(
+        f"wrote {report.written} example(s) ({policies}) to {plain(report.out)}; "
+        f"{report.images} new image file(s); skipped {len(report.skipped)} run(s)",
+        soft_wrap=True,
+    )
+    for name, why in report.skipped if verbose else []:
+        console.print(f"  skipped {plain(name)}: {plain(why)}", soft_wrap=True)
+
+
+def _format(value: str) -> Format:
+    return "sharegpt" if value == "sharegpt" else "openai"

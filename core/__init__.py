@@ -1,0 +1,1 @@
+"""Ground floor: errors, the artifact store, device/dtype selection. Imports nothing of ours."""

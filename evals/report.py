@@ -1,0 +1,547 @@
+"""report.md and a self-contained report.html from the results file.
+
+The HTML embeds everything (thumbnails and plots as data URIs), so it can be mailed or
+archived alone; the Markdown links the same thumbnails and plots as files under
+`report_files/`. Both show the statistics, the plots (score per arm with its CI, the paired
+deltas against the baseline, latency per stage) and, per prompt, every arm's image for every
+seed with the prompt the generator received and the judge's verdict on each requirement.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from core.artifacts import ArtifactNotFound, ArtifactStore
+from evals.analysis import Analysis
+from evals.config import EvalConfig, eval_settings
+from evals.metrics import higher_is_better
+from evals.store import ItemRecord, ResultStore
+from evals.suites import Suite, SuitePrompt
+
+QUALITY = ("requirements", "fact_recall", "clipscore")
+COST = ("latency_s", "llm_calls", "tokens", "tool_calls")
+
+
+@dataclass
+class Figure:
+    name: str
+    title: str
+    png: bytes
+
+
+def _fmt(x: float | None, digits: int = 3) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "—"
+    return f"{x:.{digits}f}"
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:120]
+
+
+def _settings_store(config: EvalConfig) -> ArtifactStore:
+    return ArtifactStore.from_settings(eval_settings(config).artifacts)
+
+
+def thumbnail(store: ArtifactStore, sha: str, px: int) -> bytes | None:
+    try:
+        image = store.open_image(sha)
+    except (ArtifactNotFound, OSError, ValueError):
+        return None
+    image = image.convert("RGB")
+    image.thumbnail((px, px))
+    buf = io.BytesIO()
+    image.save(buf, format="JPEG", quality=85)
+    return buf.getvalue()
+
+
+def _data_uri(data: bytes, media: str) -> str:
+    return f"data:{media};base64,{base64.b64encode(data).decode()}"
+
+
+# -- plots -----------------------------------------------------------------------------------
+
+
+def make_figures(store: ResultStore, analysis: Analysis) -> tuple[list[Figure], str | None]:
+    """PNG plots; (figures, None) or ([], why not) when matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        return [], f"plots skipped: matplotlib unavailable ({exc}); pip install 'groundwork[eval]'"
+    figures: list[Figure] = []
+
+    def save(fig: Any, name: str, title: str) -> None:
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        figures.append(Figure(name, title, buf.getvalue()))
+
+    quality = [m for m in QUALITY if any(s.metric == m for s in analysis.summaries)]
+    if quality:
+        fig, axes = plt.subplots(1, len(quality), figsize=(4.2 * len(quality), 3.2), squeeze=False)
+        for ax, metric in zip(axes[0], quality, strict=True):
+            rows = [s for s in analysis.summaries if s.metric == metric and s.n > 0]
+            xs = list(range(len(rows)))
+            means = [s.mean for s in rows]
+            err = [[s.mean - s.lo for s in rows], [s.hi - s.mean for s in rows]]
+            ax.errorbar(xs, means, yerr=err, fmt="o", capsize=5, color="#2a6fb0")
+            ax.set_xticks(xs, [s.arm for s in rows], rotation=20)
+            ax.set_title(f"{metric} (mean, 95% CI)")
+            ax.grid(axis="y", alpha=0.3)
+        save(fig, "scores", "Score per arm with its 95% bootstrap CI")
+
+    primary = next((m for m in QUALITY if m in analysis.per_prompt), None)
+    others = [a for a in analysis.arms if a != analysis.baseline]
+    if primary and others:
+        values = analysis.per_prompt[primary]
+        base = values[analysis.baseline]
+        fig, ax = plt.subplots(figsize=(max(4.0, 2.2 * len(others)), 3.4))
+        data = []
+        for arm in others:
+            d = [a - b for a, b in zip(values[arm], base, strict=True)]
+            data.append([x for x in d if not math.isnan(x)] or [0.0])
+        ax.violinplot(data, showmeans=True)
+        for i, arm in enumerate(others, 1):
+            p = next((p for p in analysis.paired if p.metric == primary and p.arm == arm), None)
+            if p is not None and p.n:
+                ax.plot([i, i], [p.lo, p.hi], color="#c0392b", linewidth=3)
+        ax.axhline(0, color="grey", linewidth=1)
+        ax.set_xticks(range(1, len(others) + 1), others)
+        ax.set_title(f"{primary}: per-prompt delta vs {analysis.baseline} (red: 95% CI)")
+        save(fig, "deltas", f"Paired deltas of {primary} against {analysis.baseline}")
+
+    stage_means = _stage_latency(store, analysis)
+    if stage_means:
+        stages = sorted({s for per in stage_means.values() for s in per})
+        arms = list(stage_means)
+        fig, ax = plt.subplots(figsize=(6.5, 0.6 * len(arms) + 1.5))
+        left = [0.0] * len(arms)
+        for stage in stages:
+            widths = [stage_means[a].get(stage, 0.0) for a in arms]
+            ax.barh(arms, widths, left=left, label=stage)
+            left = [x + w for x, w in zip(left, widths, strict=True)]
+        ax.set_xlabel("mean seconds per image")
+        ax.legend(fontsize=7, ncol=3, loc="lower right")
+        ax.set_title("Latency per stage")
+        save(fig, "latency", "Mean latency per stage")
+    return figures, None
+
+
+def _stage_latency(store: ResultStore, analysis: Analysis) -> dict[str, dict[str, float]]:
+    wanted = set(analysis.prompts)
+    seeds = set(analysis.seeds)
+    sums: dict[str, dict[str, float]] = {}
+    counts: dict[str, int] = {}
+    for row in store.scores("latency_s"):
+        if row.arm not in analysis.arms or row.prompt_id not in wanted or row.seed not in seeds:
+            continue
+        stages = row.detail.get("stages") or {}
+        if not stages:
+            continue
+        counts[row.arm] = counts.get(row.arm, 0) + 1
+        per = sums.setdefault(row.arm, {})
+        for stage, secs in stages.items():
+            per[stage] = per.get(stage, 0.0) + float(secs)
+    return {
+        arm: {s: v / counts[arm] for s, v in per.items()}
+        for arm, per in sums.items()
+        if counts.get(arm)
+    }
+
+
+# -- tables ----------------------------------------------------------------------------------
+
+
+def summary_rows(analysis: Analysis) -> list[list[str]]:
+    rows = []
+    for s in analysis.summaries:
+        rows.append([s.metric, s.arm, str(s.n), _fmt(s.mean), f"[{_fmt(s.lo)}, {_fmt(s.hi)}]"])
+    return rows
+
+
+def paired_rows(analysis: Analysis) -> list[list[str]]:
+    rows = []
+    for p in analysis.paired:
+        arrow = "↑" if higher_is_better(p.metric) else "↓"
+        sig = "yes" if p.significant else "no"
+        rows.append(
+            [
+                f"{p.metric} {arrow}",
+                f"{p.arm} − {p.baseline}",
+                str(p.n),
+                _fmt(p.delta),
+                f"[{_fmt(p.lo)}, {_fmt(p.hi)}]",
+                sig,
+                f"{p.wins}/{p.ties}/{p.losses}",
+                _fmt(p.p_wilcoxon, 4),
+            ]
+        )
+    return rows
+
+
+def pairwise_rows(analysis: Analysis) -> list[list[str]]:
+    return [
+        [
+            f"{p.arm} vs {p.other}",
+            str(p.n),
+            _fmt(p.win_rate),
+            f"[{_fmt(p.lo)}, {_fmt(p.hi)}]",
+            f"{p.wins}/{p.ties}/{p.losses}",
+            _fmt(p.position_bias),
+            str(p.unanswered),
+        ]
+        for p in analysis.pairwise
+    ]
+
+
+def ranking_rows(analysis: Analysis) -> list[list[str]]:
+    return [
+        [str(r.rank), r.arm, _fmt(r.strength), f"[{_fmt(r.lo)}, {_fmt(r.hi)}]"]
+        for r in analysis.ranking
+    ]
+
+
+SUMMARY_HEAD = ["metric", "arm", "prompts", "mean", "95% CI"]
+PAIRED_HEAD = ["metric", "delta", "prompts", "mean Δ", "95% CI", "CI excludes 0", "W/T/L", "p"]
+PAIRWISE_HEAD = ["pair", "judged", "win rate", "95% CI", "W/T/L", "position bias", "unanswered"]
+RANK_HEAD = ["rank", "arm", "log-strength", "95% CI"]
+
+
+def _md_table(head: list[str], rows: list[list[str]]) -> str:
+    def cell(x: str) -> str:
+        return x.replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _html_table(head: list[str], rows: list[list[str]]) -> str:
+    h = "".join(f"<th>{html.escape(c)}</th>" for c in head)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows
+    )
+    return f"<table><thead><tr>{h}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def fairness_lines(config: EvalConfig, suites: list[Suite]) -> list[str]:
+    seeds = ", ".join(str(s) for s in config.seed_list())
+    lines = [
+        f"Every arm ran the same {sum(len(s.prompts) for s in suites)} prompts "
+        f"({', '.join(f'{s.name} sha256 {s.sha256[:12]}' for s in suites)}) with the same "
+        f"seeds ({seeds}), the same generator and the same research tools.",
+        "Statistics resample prompts (seeds of a prompt are averaged first); CIs are 95% "
+        f"percentile bootstraps ({config.report.bootstrap} resamples).",
+    ]
+    if config.record:
+        lines.append(f"Tool results were recorded to {config.record}: arms saw identical evidence.")
+    if config.replay:
+        lines.append(f"Tool results were replayed from {config.replay} (offline, deterministic).")
+    return lines
+
+
+# -- the grid --------------------------------------------------------------------------------
+
+
+@dataclass
+class Cell:
+    item: ItemRecord | None
+    thumb: bytes | None
+    thumb_path: str | None
+    verdicts: dict[str, bool | None]
+    scores: dict[str, float | None]
+
+
+def _cells(
+    store: ResultStore,
+    config: EvalConfig,
+    suites: list[Suite],
+    artifacts: ArtifactStore,
+    files: Path,
+) -> list[tuple[str, SuitePrompt, dict[tuple[str, int], Cell]]]:
+    scores: dict[tuple[str, str, int], dict[str, ScoreDetail]] = {}
+    for row in store.scores():
+        scores.setdefault((row.arm, row.prompt_id, row.seed), {})[row.metric] = (
+            row.value,
+            row.detail,
+        )
+    items = {(r.arm, r.prompt_id, r.seed): r for r in store.items()}
+    out = []
+    limit = config.report.max_prompts
+    prompts = [(s.key(p), p) for s in suites for p in s.prompts]
+    for key, prompt in prompts[: limit or None]:
+        cells: dict[tuple[str, int], Cell] = {}
+        for arm in config.arms:
+            for seed in config.seed_list():
+                item = items.get((arm.name, key, seed))
+                thumb = thumb_path = None
+                if item is not None and item.image_sha256:
+                    thumb = thumbnail(artifacts, item.image_sha256, config.report.thumb_px)
+                    if thumb is not None:
+                        rel = (
+                            Path("report_files") / "thumbs" / arm.name / f"{_safe(key)}-s{seed}.jpg"
+                        )
+                        (files.parent / rel).parent.mkdir(parents=True, exist_ok=True)
+                        (files.parent / rel).write_bytes(thumb)
+                        thumb_path = rel.as_posix()
+                sc = scores.get((arm.name, key, seed), {})
+                req = sc.get("requirements")
+                verdicts = dict((req[1] if req else {}).get("verdicts") or {})
+                cells[(arm.name, seed)] = Cell(
+                    item, thumb, thumb_path, verdicts, {k: v[0] for k, v in sc.items()}
+                )
+        out.append((key, prompt, cells))
+    return out
+
+
+ScoreDetail = tuple[float | None, dict[str, Any]]
+
+
+def _mark(v: bool | None) -> str:
+    return "✓" if v is True else ("✗" if v is False else "?")
+
+
+# -- writers ---------------------------------------------------------------------------------
+
+
+def write_report(
+    store: ResultStore, config: EvalConfig, suites: list[Suite], analysis: Analysis
+) -> tuple[Path, Path]:
+    out = config.out_dir
+    files = out / "report_files"
+    files.mkdir(parents=True, exist_ok=True)
+    figures, plot_note = make_figures(store, analysis)
+    for fig in figures:
+        (files / f"{fig.name}.png").write_bytes(fig.png)
+    grid = _cells(store, config, suites, _settings_store(config), files)
+    md = _markdown(config, suites, analysis, figures, plot_note, grid)
+    page = _html(config, suites, analysis, figures, plot_note, grid)
+    md_path, html_path = out / "report.md", out / "report.html"
+    md_path.write_text(md, encoding="utf-8")
+    html_path.write_text(page, encoding="utf-8")
+    return md_path, html_path
+
+
+def _counts_line(analysis: Analysis) -> list[str]:
+    return [
+        f"{arm}: " + ", ".join(f"{k} {v}" for k, v in sorted(analysis.counts.get(arm, {}).items()))
+        for arm in analysis.arms
+    ]
+
+
+def _markdown(
+    config: EvalConfig,
+    suites: list[Suite],
+    analysis: Analysis,
+    figures: list[Figure],
+    plot_note: str | None,
+    grid: list[tuple[str, SuitePrompt, dict[tuple[str, int], Cell]]],
+) -> str:
+    parts = [f"# Eval report: {config.name}", ""]
+    parts += [f"- {line}" for line in fairness_lines(config, suites)]
+    parts += ["", "## Runs", ""] + [f"- {line}" for line in _counts_line(analysis)]
+    if analysis.skips:
+        parts += ["", "## Metrics skipped", ""]
+        parts += [f"- **{m}**: {r}" for m, r in sorted(analysis.skips.items())]
+    parts += ["", "## Scores per arm", "", _md_table(SUMMARY_HEAD, summary_rows(analysis))]
+    if analysis.paired:
+        parts += [
+            "",
+            f"## Paired against `{analysis.baseline}`",
+            "",
+            "Per-prompt deltas (arm − baseline); ↑ higher is better, ↓ lower is better; "
+            "W/T/L counted in the better direction; p: Wilcoxon signed-rank.",
+            "",
+            _md_table(PAIRED_HEAD, paired_rows(analysis)),
+        ]
+    if analysis.pairwise:
+        parts += [
+            "",
+            "## Pairwise judge (both orders)",
+            "",
+            "Win rate of the first arm (ties count half); a verdict that flips when the images "
+            "swap places is a tie (position bias).",
+            "",
+            _md_table(PAIRWISE_HEAD, pairwise_rows(analysis)),
+        ]
+    if analysis.ranking:
+        parts += [
+            "",
+            f"## Bradley-Terry ranking ({analysis.ranking_metric}, per-prompt wins)",
+            "",
+            _md_table(RANK_HEAD, ranking_rows(analysis)),
+        ]
+    parts += ["", "## Plots", ""]
+    if plot_note:
+        parts.append(plot_note)
+    parts += [f"![{f.title}](report_files/{f.name}.png)" for f in figures]
+    parts += ["", "## Images", ""]
+    for key, prompt, cells in grid:
+        parts += [f"### {key}", "", f"> {prompt.prompt}", ""]
+        if prompt.requirements:
+            parts += [f"- `{r.id}` {r.question}" for r in prompt.requirements] + [""]
+        head = ["arm", *[f"seed {s}" for s in config.seed_list()]]
+        rows = []
+        for arm in config.arms:
+            row = [arm.name]
+            for seed in config.seed_list():
+                cell = cells[(arm.name, seed)]
+                row.append(_md_cell(cell))
+            rows.append(row)
+        parts += [_md_table(head, rows), ""]
+    return "\n".join(parts) + "\n"
+
+
+def _md_cell(cell: Cell) -> str:
+    item = cell.item
+    if item is None:
+        return "not run"
+    bits = []
+    if cell.thumb_path:
+        bits.append(f"![{item.arm}]({cell.thumb_path})")
+    bits.append(f"**{item.status}**")
+    if cell.verdicts:
+        bits.append(" ".join(f"{_mark(v)}{k}" for k, v in cell.verdicts.items()))
+    if item.error:
+        bits.append(f"error: {item.error[:160]}")
+    if item.gen_prompt:
+        bits.append(f"prompt: {item.gen_prompt[:300]}")
+    return "<br>".join(bits)
+
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#222}
+table{border-collapse:collapse;margin:8px 0 20px}
+th,td{border:1px solid #ccc;padding:4px 8px;font-size:13px;vertical-align:top;text-align:left}
+th{background:#f3f3f3}
+.grid td{max-width:280px}
+.grid img{display:block;max-width:256px;height:auto}
+.ok{color:#1e7b34}.bad{color:#b02a2a}.unk{color:#888}
+details{font-size:12px;color:#444}
+.prompt{margin:18px 0 4px;font-size:15px}
+.req{font-size:12px;color:#444;margin:2px 0}
+figure{display:inline-block;margin:8px}
+figure img{max-width:640px}
+"""
+
+_COUNT_SCRIPT = """
+<script>
+function gwCountImages(){
+  var imgs=Array.prototype.slice.call(document.images);
+  var ok=imgs.filter(function(i){return i.complete&&i.naturalWidth>0;}).length;
+  var broken=imgs.filter(function(i){return i.complete&&i.naturalWidth===0;}).length;
+  document.body.setAttribute('data-images-total',String(imgs.length));
+  document.body.setAttribute('data-images-loaded',String(ok));
+  document.body.setAttribute('data-images-broken',String(broken));
+}
+window.addEventListener('load',gwCountImages);
+</script>
+"""
+
+
+def _html(
+    config: EvalConfig,
+    suites: list[Suite],
+    analysis: Analysis,
+    figures: list[Figure],
+    plot_note: str | None,
+    grid: list[tuple[str, SuitePrompt, dict[tuple[str, int], Cell]]],
+) -> str:
+    e = html.escape
+    parts = [
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
+        f"<title>Eval report: {e(config.name)}</title><style>{_CSS}</style></head><body>",
+        f"<h1>Eval report: {e(config.name)}</h1>",
+        "<ul>" + "".join(f"<li>{e(x)}</li>" for x in fairness_lines(config, suites)) + "</ul>",
+        "<h2>Runs</h2><ul>" + "".join(f"<li>{e(x)}</li>" for x in _counts_line(analysis)) + "</ul>",
+    ]
+    if analysis.skips:
+        parts.append(
+            "<h2>Metrics skipped</h2><ul>"
+            + "".join(f"<li><b>{e(m)}</b>: {e(r)}</li>" for m, r in sorted(analysis.skips.items()))
+            + "</ul>"
+        )
+    parts.append("<h2>Scores per arm</h2>" + _html_table(SUMMARY_HEAD, summary_rows(analysis)))
+    if analysis.paired:
+        parts.append(
+            f"<h2>Paired against {e(analysis.baseline)}</h2><p>Per-prompt deltas (arm − "
+            "baseline); ↑ higher is better, ↓ lower is better; p: Wilcoxon signed-rank.</p>"
+            + _html_table(PAIRED_HEAD, paired_rows(analysis))
+        )
+    if analysis.pairwise:
+        parts.append(
+            "<h2>Pairwise judge (both orders)</h2><p>Win rate of the first arm (ties count "
+            "half); a verdict that flips with the order is a tie.</p>"
+            + _html_table(PAIRWISE_HEAD, pairwise_rows(analysis))
+        )
+    if analysis.ranking:
+        parts.append(
+            f"<h2>Bradley-Terry ranking ({e(analysis.ranking_metric or '')})</h2>"
+            + _html_table(RANK_HEAD, ranking_rows(analysis))
+        )
+    parts.append("<h2>Plots</h2>")
+    if plot_note:
+        parts.append(f"<p>{e(plot_note)}</p>")
+    for fig in figures:
+        parts.append(
+            f"<figure><img class='plot' alt='{e(fig.title)}' "
+            f"src='{_data_uri(fig.png, 'image/png')}'><figcaption>{e(fig.title)}</figcaption>"
+            "</figure>"
+        )
+    parts.append("<h2>Images</h2>")
+    seeds = config.seed_list()
+    for key, prompt, cells in grid:
+        parts.append(f"<div class='prompt'><b>{e(key)}</b>: {e(prompt.prompt)}</div>")
+        for r in prompt.requirements:
+            parts.append(f"<div class='req'><code>{e(r.id)}</code> {e(r.question)}</div>")
+        head = "<th>arm</th>" + "".join(f"<th>seed {s}</th>" for s in seeds)
+        rows = []
+        for arm in config.arms:
+            tds = "".join(_html_cell(cells[(arm.name, s)]) for s in seeds)
+            rows.append(f"<tr><th>{e(arm.name)}</th>{tds}</tr>")
+        parts.append(
+            f"<table class='grid' data-prompt='{e(key)}'><thead><tr>{head}</tr></thead>"
+            f"<tbody>{''.join(rows)}</tbody></table>"
+        )
+    parts.append(_COUNT_SCRIPT + "</body></html>")
+    return "\n".join(parts)
+
+
+def _html_cell(cell: Cell) -> str:
+    e = html.escape
+    item = cell.item
+    if item is None:
+        return "<td class='unk'>not run</td>"
+    bits = []
+    if cell.thumb is not None:
+        bits.append(
+            f"<img class='thumb' alt='{e(item.arm)} seed {item.seed}' "
+            f"src='{_data_uri(cell.thumb, 'image/jpeg')}'>"
+        )
+    cls = "ok" if item.status == "done" else "bad"
+    bits.append(f"<div class='{cls}'>{e(item.status)}</div>")
+    if cell.verdicts:
+        marks = " ".join(
+            f"<span class='{'ok' if v else ('bad' if v is False else 'unk')}'>"
+            f"{_mark(v)}{e(k)}</span>"
+            for k, v in cell.verdicts.items()
+        )
+        bits.append(f"<div>{marks}</div>")
+    shown = [(k, v) for k, v in cell.scores.items() if k in QUALITY and v is not None]
+    if shown:
+        bits.append("<div>" + ", ".join(f"{e(k)} {_fmt(v, 2)}" for k, v in shown) + "</div>")
+    if item.error:
+        bits.append(f"<div class='bad'>{e(item.error[:300])}</div>")
+    if item.gen_prompt:
+        bits.append(f"<details><summary>prompt sent</summary>{e(item.gen_prompt[:1500])}</details>")
+    return "<td>" + "".join(bits) + "</td>"

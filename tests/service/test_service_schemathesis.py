@@ -1,0 +1,43 @@
+"""Property-based requests generated from /openapi.json (schemathesis) never get a 5xx.
+
+A bounded number of examples per operation, against the live server with the fake runner (the
+API layer is under test, not the agent); limits are raised so 429s do not hide the routes.
+(schemathesis' pytest plugin does not load fixtures under this pytest, so the operations are
+walked by hand with hypothesis' `@given`.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from schemathesis.checks import not_a_server_error
+
+from tests.service.conftest import auth
+from tests.service.fakes import LiveServer
+
+pytestmark = pytest.mark.slow
+
+EXAMPLES = 10
+
+
+def test_generated_requests_never_get_a_server_error(
+    start_server: Callable[..., LiveServer],
+) -> None:
+    server = start_server(rate_limit_per_minute=100_000, max_concurrent_runs=10_000)
+    schema = schemathesis.openapi.from_url(server.url + "/openapi.json")
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert len(operations) >= 10
+    for operation in operations:
+
+        @given(case=operation.as_strategy())
+        @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+        def check(case: Any) -> None:
+            case.call_and_validate(
+                base_url=server.url, headers=auth(), checks=[not_a_server_error], timeout=30
+            )
+
+        check()
