@@ -117,7 +117,7 @@ async def structured_call(
     last_error = ""
     for attempt in range(max_repairs + 1):
         started = time.perf_counter()
-        reply = await _invoke(runnable, convo, llm)
+        reply = await invoke(runnable, convo, llm)
         raw = _raw_answer(reply)
         if observer is not None:
             observer(
@@ -159,7 +159,7 @@ def _short_validation_error(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
-async def _invoke(runnable: Any, messages: list[BaseMessage], llm: ChatOpenAI) -> BaseMessage:
+async def invoke(runnable: Any, messages: list[BaseMessage], llm: ChatOpenAI) -> BaseMessage:
     """Turn transport failures into errors that say which endpoint and what to do."""
     where = f"{llm.openai_api_base} (model {llm.model_name})"
     try:

@@ -472,7 +472,9 @@ def resolve_ordinals(
         if keep_phrases and ref.kept:
             position = kept_ids.index(ref.img_id)
             out = f"{m.group(1) or ''}{ORDINALS[position]} reference image"
-            same = out.lower() == phrase.lower()
+            same = out.lower() == phrase.lower() or (
+                m.group(2).lower() == "only" and len(kept_ids) == 1
+            )
             mapping.append(
                 {"phrase": phrase, "img_id": ref.img_id, "replaced_with": "" if same else out}
             )

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from langchain_core.messages import BaseMessage
 from langgraph.config import get_config
@@ -97,7 +97,10 @@ def _thread_id() -> str:
 
 
 StageFn = Callable[[StageRun], Awaitable[Result]]
-Node = Callable[[RunState, Runtime[RunContext]], Awaitable[Any]]
+
+
+class Node(Protocol):
+    def __call__(self, state: RunState, runtime: Runtime[RunContext]) -> Awaitable[Any]: ...
 
 
 def node(name: str, fn: StageFn, services: Services) -> Node:

@@ -189,9 +189,8 @@ def main(argv: list[str] | None = None) -> None:
         with tempfile.TemporaryDirectory() as d:
             tmp = Path(d)
             kw = {"load_s": args.load, "image_s": args.image, "research": True, "n": runs}
-            warm = asyncio.run(_one_run(tmp / "w", llm, warm=True, **kw))  # type: ignore[arg-type]
-            cold = asyncio.run(_one_run(tmp / "c", llm, warm=False, **kw))  # type: ignore[arg-type]
-            llm.delay = 0.0
+            warm = asyncio.run(_one_run(tmp / "w", llm, warm=True, **kw))
+            cold = asyncio.run(_one_run(tmp / "c", llm, warm=False, **kw))
             instant = _world(0.0, 0.0)
             try:
                 inst = asyncio.run(
@@ -215,11 +214,13 @@ def main(argv: list[str] | None = None) -> None:
     w = statistics.median(r["wall"] for r in warm)
     c = statistics.median(r["wall"] for r in cold)
     print(
-        f"delays: llm {args.llm}s/call, search {args.search}s, load {args.load}s, image {args.image}s"
+        f"delays: llm {args.llm}s/call, search {args.search}s, load {args.load}s, "
+        f"image {args.image}s"
     )
     print(f"critical path max(load, LLM+research) + image = {critical:.3f} s")
     print(
-        f"run wall, warm-up on : p50 {w:.3f} s  -> {w / critical:.2f}x critical path (target <= 1.1x)"
+        f"run wall, warm-up on : p50 {w:.3f} s  -> {w / critical:.2f}x critical path "
+        "(target <= 1.1x)"
     )
     print(f"run wall, warm-up off: p50 {c:.3f} s  -> {c / critical:.2f}x critical path")
     over = sorted((r["wall"] - r["llm"] - r["gen"]) * 1000 for r in inst)

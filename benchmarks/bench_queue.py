@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -259,23 +260,38 @@ def report_overhead(lat: dict[str, list[float]], n: int) -> None:
     )
 
 
+async def measure(args: argparse.Namespace, url: str, artifacts: Path, logdir: Path) -> None:
+    """The overhead figures, then (unless --no-throughput) jobs/s with 1 and 4 workers."""
+    lat = await overhead(url, artifacts, logdir, args.n, args.rounds, args.celery)
+    report_overhead(lat, args.n)
+    if not args.throughput:
+        return
+    for delay in (0.0, args.job_seconds):
+        what = "no-op jobs" if delay == 0 else f"{delay * 1e3:.0f} ms jobs"
+        rates = {}
+        for w in (1, 4):
+            rates[w] = await throughput(url, artifacts, logdir, w, args.jobs, delay)
+        print(
+            f"throughput, {args.jobs} {what}: 1 worker {rates[1]:7.1f} jobs/s, "
+            f"4 workers {rates[4]:7.1f} jobs/s  (x{rates[4] / rates[1]:.2f})"
+        )
+
+
 async def run(args: argparse.Namespace) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="gw-bench-queue-"))
-    artifacts, logdir = tmp / "artifacts", tmp / "logs"
-    with RedisServer() as server:
-        lat = await overhead(server.url, artifacts, logdir, args.n, args.rounds, args.celery)
-        report_overhead(lat, args.n)
-        if not args.throughput:
-            return
-        for delay in (0.0, args.job_seconds):
-            what = "no-op jobs" if delay == 0 else f"{delay * 1e3:.0f} ms jobs"
-            rates = {}
-            for w in (1, 4):
-                rates[w] = await throughput(server.url, artifacts, logdir, w, args.jobs, delay)
-            print(
-                f"throughput, {args.jobs} {what}: 1 worker {rates[1]:7.1f} jobs/s, "
-                f"4 workers {rates[4]:7.1f} jobs/s  (x{rates[4] / rates[1]:.2f})"
-            )
+    # The store on tmpfs when there is one: the no-op's fsyncs would otherwise add the disk's
+    # noise (shared with whatever else runs) to every path alike and blur the queue's cost.
+    shm = Path("/dev/shm")
+    store_dir = Path(tempfile.mkdtemp(prefix="gw-bench-queue-", dir=shm if shm.is_dir() else tmp))
+    print(
+        f"  (artifact store {store_dir}; load average {os.getloadavg()[0]:.2f} on "
+        f"{os.cpu_count()} cores)"
+    )
+    try:
+        with RedisServer() as server:
+            await measure(args, server.url, store_dir / "artifacts", tmp / "logs")
+    finally:
+        shutil.rmtree(store_dir, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> None:

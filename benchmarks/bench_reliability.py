@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"  submitted      {res['submitted']}")
     print(f"  completed      {res['completed']}   (results stored: {res['results_stored']})")
     print(f"  duplicated     {res['duplicated']}   (re-generated after a kill; stored once)")
-    print(f"  reclaimed      {res['reclaimed']}   (XAUTOCLAIM after a worker died)")
+    print(f"  reclaimed      {res['reclaimed']}   (taken over after a worker died)")
     print(f"  dead-lettered  {res['dead_lettered']}")
     print(f"  lost           {res['lost']}   (must be 0)")
     print(

@@ -19,7 +19,6 @@ import argparse
 import asyncio
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -48,6 +47,12 @@ def rss_mib(pid: int) -> float:
     return float("nan")
 
 
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds the process has used."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 # -- the server side (a subprocess: `python -m benchmarks.bench_service --serve ...`) -----------
 def serve(args: argparse.Namespace) -> None:
     import uvicorn
@@ -58,6 +63,7 @@ def serve(args: argparse.Namespace) -> None:
     from generators.noop import NoopGenerator
     from graphs.runner import Runner
     from service.app import create_app
+    from service.logs import configure_json_logging
     from service.runs import RunnerLike
     from service.settings import ServiceSettings
 
@@ -117,7 +123,15 @@ def serve(args: argparse.Namespace) -> None:
         }
     )
     app = create_app(settings, cfg, runner_factory=factory)
-    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", access_log=False)
+    configure_json_logging("info")  # the access log gives the server-side latencies
+    uvicorn.run(
+        app,
+        host="127.0.0.1",
+        port=args.port,
+        log_config=None,
+        access_log=False,
+        timeout_keep_alive=30,  # as `groundwork serve`
+    )
 
 
 # -- the client side --------------------------------------------------------------------------
@@ -151,7 +165,7 @@ async def one_run(client: httpx.AsyncClient, i: int, stats: dict[str, Any]) -> N
         else:
             stats["errors"].append(f"run {r.json()['status']}: {r.json()['error']}")
     except httpx.HTTPError as e:
-        stats["errors"].append(f"{type(e).__name__}: {e}")
+        stats["errors"].append(f"{type(e).__name__} on {e.request.method} {e.request.url.path}")
 
 
 async def round_(url: str, n: int, timeout: float) -> dict[str, Any]:
@@ -172,7 +186,25 @@ async def round_(url: str, n: int, timeout: float) -> dict[str, Any]:
 
 
 def ms(values: list[float], q: float) -> str:
-    return f"{percentile(values, q) * 1000:8.1f}"
+    return f"{percentile(values, q) * 1000:7.1f}"
+
+
+def server_latencies(log: Path, offset: int) -> tuple[dict[str, list[float]], int]:
+    """Seconds per request from the server's JSON access log, by route, after `offset`."""
+    by_route: dict[str, list[float]] = {"POST /v1/runs": [], "GET /v1/runs/{id}": []}
+    with log.open("rb") as f:
+        f.seek(offset)
+        data = f.read()
+    for raw in data.splitlines():
+        if b'"service.access"' not in raw:
+            continue
+        entry = json.loads(raw)
+        path = str(entry["path"])
+        if entry["method"] == "POST" and path == "/v1/runs":
+            by_route["POST /v1/runs"].append(entry["ms"] / 1000)
+        elif entry["method"] == "GET" and path.startswith("/v1/runs/") and path.count("/") == 3:
+            by_route["GET /v1/runs/{id}"].append(entry["ms"] / 1000)
+    return by_route, offset + len(data)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -235,44 +267,53 @@ def main(argv: list[str] | None = None) -> None:
                     raise SystemExit(f"server did not start:\n{log.read_text()[-2000:]}")
                 time.sleep(0.2)
             warm = asyncio.run(round_(url, 5, args.timeout))  # imports, graph compile, caches
+            _, offset = server_latencies(log, 0)
             print(
-                f"server {proc.pid}: warm-up {warm['completed']}/5 done; "
-                f"RSS {rss_mib(proc.pid):.0f} MiB; {n} concurrent runs x {args.rounds} rounds, "
-                f"runner={args.runner}, max_running={args.max_running}, "
+                f"server pid {proc.pid}: warm-up {warm['completed']}/5 done, "
+                f"RSS {rss_mib(proc.pid):.0f} MiB; {n} concurrent runs x {args.rounds} rounds; "
+                f"runner={args.runner} max_running={args.max_running} "
                 f"separate_lock_db={args.separate_lock_db}",
                 flush=True,
             )
             print(
-                "round  completed errors  wall_s   runs/s  accept_p50 accept_p99  read_p50"
-                "  read_p99   run_p50   run_p99  rss_MiB   (latencies in ms)"
+                "latencies in ms; server = the server's own time per request (access log), "
+                "client = as the load generator saw it (includes its own queueing)"
+            )
+            print(
+                "round done err wall_s runs/s | POST server p50   p99 | POST client p50   p99 "
+                "| GET server p50   p99 | run-to-done p50     p99 | server CPU s | RSS MiB"
             )
             rss: list[float] = []
             summary = []
             for k in range(1, args.rounds + 1):
+                cpu0 = cpu_s(proc.pid)
                 s = asyncio.run(round_(url, n, args.timeout))
+                s["cpu"] = cpu_s(proc.pid) - cpu0
+                time.sleep(0.5)  # let the last access lines reach the log
                 rss.append(rss_mib(proc.pid))
+                server, offset = server_latencies(log, offset)
+                s["server"] = server
                 summary.append(s)
+                post, get = server["POST /v1/runs"], server["GET /v1/runs/{id}"]
                 print(
-                    f"{k:5d} {s['completed']:10d} {len(s['errors']):6d} {s['wall']:7.1f} "
-                    f"{s['completed'] / s['wall']:8.1f} {ms(s['accept'], 50)}   "
-                    f"{ms(s['accept'], 99)}  {ms(s['read'], 50)}  {ms(s['read'], 99)}  "
-                    f"{ms(s['run'], 50)}  {ms(s['run'], 99)}  {rss[-1]:7.0f}",
+                    f"{k:5d} {s['completed']:4d} {len(s['errors']):3d} {s['wall']:6.1f} "
+                    f"{s['completed'] / s['wall']:6.1f} |      {ms(post, 50)} {ms(post, 99)} "
+                    f"|      {ms(s['accept'], 50)} {ms(s['accept'], 99)} "
+                    f"|     {ms(get, 50)} {ms(get, 99)} "
+                    f"|       {ms(s['run'], 50)} {ms(s['run'], 99)} | {s['cpu']:12.1f} "
+                    f"| {rss[-1]:7.0f}",
                     flush=True,
                 )
                 for err in sorted(set(s["errors"]))[:5]:
                     print(f"      error: {err}")
             growth = [b - a for a, b in zip(rss, rss[1:], strict=False)]
             total = sum(s["completed"] for s in summary)
+            errors = sum(len(s["errors"]) for s in summary)
             print(
-                f"completed {total}/{n * args.rounds}; errors "
-                f"{sum(len(s['errors']) for s in summary)}; RSS by round "
-                f"{', '.join(f'{r:.0f}' for r in rss)} MiB (round-to-round "
-                f"{', '.join(f'{g:+.0f}' for g in growth) or 'n/a'} MiB); "
-                f"median accept {statistics.median(summary[-1]['accept']) * 1000:.1f} ms"
-                if summary[-1]["accept"]
-                else "no runs accepted"
+                f"completed {total}/{n * args.rounds}, errors {errors}; RSS after each round "
+                f"{', '.join(f'{r:.0f}' for r in rss)} MiB (change "
+                f"{', '.join(f'{g:+.0f}' for g in growth) or 'n/a'} MiB)"
             )
-            print(json.dumps({"rss_mib": rss, "completed": total}))
         finally:
             proc.terminate()
             try:

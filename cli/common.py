@@ -14,7 +14,7 @@ from core.errors import InputError
 def load_settings(overrides: dict[str, Any] | None = None) -> Settings:
     """Environment and .env first, then `{"section": {"field": value}}` overrides (flags win)."""
     try:
-        base = Settings()  # type: ignore[call-arg]
+        base = Settings()
         return base.merged(overrides) if overrides else base
     except ValidationError as exc:
         first = exc.errors()[0]

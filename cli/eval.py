@@ -52,6 +52,15 @@ def _guarded(fn: Callable[[], R], verbose: bool, resume_hint: str | None = None)
     except KeyboardInterrupt:
         hint = f"; everything finished is saved, resume with: {resume_hint}" if resume_hint else ""
         raise fail(f"interrupted{hint}", EXIT_INTERRUPTED) from None
+    except typer.Exit:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, not a traceback
+        if verbose:
+            traceback.print_exc()
+        raise fail(
+            f"unexpected {type(exc).__name__}: {exc} (a bug: rerun with --verbose and report it)",
+            EXIT_FAILED,
+        ) from None
 
 
 def _logging(verbose: bool) -> None:

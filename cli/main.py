@@ -14,7 +14,7 @@ import traceback
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, TypeVar, cast, get_args
 
 import typer
 from rich.console import Console
@@ -25,10 +25,14 @@ from agent.preflight import preflight
 from agent.settings import Settings
 from agent.stages.intake import validate_prompt
 from cli.common import load_settings
+from cli.eval import eval_app
 from cli.kb import kb_app
+from cli.serve import serve
 from cli.text import plain
+from cli.traces import traces_app
 from cli.worker import worker
 from core.errors import GroundworkError, InputError
+from graphs.build import Policy
 from graphs.runner import RunEvent, Runner, RunOutcome
 
 app = typer.Typer(
@@ -130,6 +134,12 @@ def _settings(
         "tools": {"text_provider": "none", "image_provider": "none"} if offline else {},
     }
     return load_settings(overrides)
+
+
+def _policy(name: str) -> Policy:
+    if name not in get_args(Policy):
+        raise InputError(f"unknown policy {name!r}; use one of: {', '.join(get_args(Policy))}")
+    return cast(Policy, name)
 
 
 def _fail(message: str, code: int) -> typer.Exit:
@@ -245,7 +255,14 @@ def _report(outcome: RunOutcome) -> int:
             highlight=False,
             soft_wrap=True,
         )
-        return EXIT_FAILED  # only chat can answer (its next message is the answer)
+        # Only chat can answer: its next message is the answer.
+        console.print(
+            f"{'':>10} [dim]answer it with your next chat message "
+            f"(groundwork chat --thread {escape(outcome.thread_id)})[/]",
+            highlight=False,
+            soft_wrap=True,
+        )
+        return EXIT_FAILED
     if outcome.run_dir is not None:
         console.print(
             f"[bold]run folder:[/] {escape(plain(str(outcome.run_dir)))}",
@@ -268,10 +285,10 @@ def _report(outcome: RunOutcome) -> int:
     return EXIT_FAILED
 
 
-async def _run_one(settings: Settings, request: str | None, thread_id: str, policy: str) -> int:
+async def _run_one(settings: Settings, request: str | None, thread_id: str, policy: Policy) -> int:
     renderer = StageRenderer()
     async with Runner(settings) as runner:
-        pending = await runner.pending(thread_id, policy)  # type: ignore[arg-type]
+        pending = await runner.pending(thread_id, policy)
         if pending:
             console.print(f"[bold]resuming[/] thread {escape(thread_id)} at: {', '.join(pending)}")
         try:
@@ -279,7 +296,7 @@ async def _run_one(settings: Settings, request: str | None, thread_id: str, poli
                 request,
                 thread_id=thread_id,
                 policy=policy,
-                on_event=renderer,  # type: ignore[arg-type]
+                on_event=renderer,
             )
         finally:
             renderer.close()
@@ -340,7 +357,7 @@ def run(
         preflight(settings)
         thread_id = thread or uuid.uuid4().hex
         console.print(f"[bold]thread[/] {escape(thread_id)}", highlight=False)
-        return asyncio.run(_run_one(settings, request, thread_id, policy))
+        return asyncio.run(_run_one(settings, request, thread_id, _policy(policy)))
 
     code = guarded(go, resume_hint=f"groundwork run --thread {thread}" if thread else None)
     raise typer.Exit(code)
@@ -395,12 +412,12 @@ def chat(
         )
         preflight(settings)
         thread_id = thread or uuid.uuid4().hex
-        asyncio.run(_chat_loop(settings, thread_id, policy, resume=thread is not None))
+        asyncio.run(_chat_loop(settings, thread_id, _policy(policy), resume=thread is not None))
 
     guarded(go)
 
 
-async def _chat_loop(settings: Settings, thread_id: str, policy: str, *, resume: bool) -> None:
+async def _chat_loop(settings: Settings, thread_id: str, policy: Policy, *, resume: bool) -> None:
     console.print(
         f"[bold]thread[/] {escape(thread_id)}  (continue later with --thread {escape(thread_id)})"
     )
@@ -409,16 +426,16 @@ async def _chat_loop(settings: Settings, thread_id: str, policy: str, *, resume:
     async with Runner(settings) as runner:
         runner.services.warm_up(settings)
         if resume:
-            values = await runner.values(thread_id, policy)  # type: ignore[arg-type]
+            values = await runner.values(thread_id, policy)
             if values.get("prompt"):
                 console.print(
                     f"current image prompt: {escape(plain(values['prompt']))}", highlight=False
                 )
-            if await runner.pending(thread_id, policy):  # type: ignore[arg-type]
+            if await runner.pending(thread_id, policy):
                 console.print("[bold]resuming[/] the unfinished turn")
                 _report(
                     await runner.run(None, thread_id=thread_id, policy=policy, on_event=renderer)
-                )  # type: ignore[arg-type]
+                )
         while True:
             try:
                 message = await asyncio.to_thread(console.input, "[bold green]you>[/] ")
@@ -431,7 +448,7 @@ async def _chat_loop(settings: Settings, thread_id: str, policy: str, *, resume:
             try:
                 outcome = await runner.run(
                     message, thread_id=thread_id, policy=policy, on_event=renderer
-                )  # type: ignore[arg-type]
+                )
                 renderer.close()
                 _report(outcome)
             except GroundworkError as exc:
@@ -441,7 +458,10 @@ async def _chat_loop(settings: Settings, thread_id: str, policy: str, *, resume:
 
 # Sub-command groups owned by their modules; each imports its heavy parts lazily.
 app.command(name="worker")(worker)
+app.command(name="serve")(serve)
 app.add_typer(kb_app, name="kb")
+app.add_typer(eval_app, name="eval")
+app.add_typer(traces_app, name="traces")
 
 
 def main() -> None:

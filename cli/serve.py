@@ -45,7 +45,6 @@ def serve(
     try:
         cfg = ServiceSettings(**{k: v for k, v in overrides.items() if v is not None})
         settings = Settings()
-        configure_json_logging(log_level)
         app = create_app(settings, cfg)
     except ValidationError as e:
         first = e.errors()[0]
@@ -55,6 +54,7 @@ def serve(
     except GroundworkError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from e
+    configure_json_logging(log_level)
     uvicorn.run(
         app,
         host=cfg.host,
@@ -63,6 +63,9 @@ def serve(
         log_config=None,  # keep the JSON logging configured above
         timeout_graceful_shutdown=int(cfg.shutdown_grace_s) + 5,
         proxy_headers=True,
+        # longer than clients' idle expiry (httpx: 5 s), so a client never reuses a connection
+        # the server is closing at that very moment
+        timeout_keep_alive=30,
     )
 
 

@@ -26,6 +26,11 @@ err_console = Console(stderr=True, markup=False, emoji=False, highlight=False)
 EXIT_FAILED, EXIT_USAGE = 1, 2
 
 
+@traces_app.callback()
+def traces() -> None:
+    """Run traces (every LLM and tool call, trace.jsonl in each run folder) as SFT data."""
+
+
 def _fail(message: object, code: int) -> typer.Exit:
     err_console.print(f"error: {plain(message)}", soft_wrap=True)
     return typer.Exit(code)

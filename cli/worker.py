@@ -1,17 +1,59 @@
-"""`groundwork worker`: the CLI face of generators.worker (registered by the agent's CLI).
+"""`groundwork worker`: the CLI face of generators.worker (registered by the agent's CLI;
+`python -m cli.worker` runs it alone, without importing the rest of the CLI).
 
 Flags override the environment (GROUNDWORK_GENERATOR__*, GROUNDWORK_QUEUE__*,
 GROUNDWORK_ARTIFACTS__*), which overrides `.env` and the defaults.
+
+Everything this command prints can carry text from outside: job prompts and model names in
+log lines, consumer/stream names and URLs from arguments and settings, error messages quoting
+them. Logs are plain text (operators grep them; no Rich markup is interpreted) with control
+characters and escape sequences neutralised, and one record stays one line.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+
+from cli.text import plain
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+class PlainFormatter(logging.Formatter):
+    """Log records as inert text: no escape sequence reaches the terminal, and a newline in a
+    message (a prompt, an error) cannot forge a second log line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        safe = logging.makeLogRecord(record.__dict__)
+        safe.msg = plain(record.getMessage()).replace("\n", "\\n").replace("\t", " ")
+        safe.args = None
+        if record.exc_info:
+            safe.exc_text = plain(self.formatException(record.exc_info))
+            safe.exc_info = None
+        if record.stack_info:
+            safe.stack_info = plain(record.stack_info)
+        return super().format(safe)
+
+
+def _fast_loop() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop when it is installed (it comes with the `serve` extra): it shaves a good part
+    of the event loop's cost per job off a worker serving short jobs. Else asyncio's own."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.echo(f"error: {plain(message)}", err=True)
+    return typer.Exit(2)
 
 
 def worker(
@@ -31,16 +73,20 @@ def worker(
     stream: Annotated[str | None, typer.Option(help="Job stream name.")] = None,
     group: Annotated[str | None, typer.Option(help="Consumer group name.")] = None,
     dead_letter_stream: Annotated[
-        str | None, typer.Option(help="Stream receiving jobs that failed max-attempts times.")
+        str | None, typer.Option(help="Stream receiving jobs that failed for good.")
     ] = None,
     consumer: Annotated[
         str | None, typer.Option(help="Consumer name (default: host-pid-random).")
     ] = None,
     visibility_timeout: Annotated[
-        float | None, typer.Option(help="Seconds before a silent worker's job is reclaimed.")
+        float | None,
+        typer.Option(
+            help="Seconds without a heartbeat before a worker's job goes to another worker "
+            "(default: per job, from its steps and size)."
+        ),
     ] = None,
     max_attempts: Annotated[
-        int | None, typer.Option(min=1, help="Tries before a job is dead-lettered.")
+        int | None, typer.Option(min=1, help="Tries of a failing job before dead-lettering.")
     ] = None,
     shutdown_grace: Annotated[
         float | None, typer.Option(help="Seconds a job may finish after SIGTERM.")
@@ -68,16 +114,20 @@ def worker(
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING, ERROR.")] = "INFO",
 ) -> None:
     """Run a generation worker: serve jobs from the Redis stream until SIGTERM/SIGINT."""
-    from cli.common import load_settings
-    from generators.base import GeneratorError
+    from pydantic import ValidationError
+    from redis.connection import parse_url
+
+    from agent.settings import Settings
+    from core.errors import GroundworkError
     from generators.worker import run_worker
 
     if backend not in ("diffusers", "noop"):
-        raise typer.BadParameter(f"unknown backend {backend!r}: use diffusers or noop")
-    logging.basicConfig(
-        level=log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+        raise _fail(f"unknown backend {backend!r}: use diffusers or noop")
+    if log_level.upper() not in LOG_LEVELS:
+        raise _fail(f"unknown log level {log_level!r}: use one of {', '.join(LOG_LEVELS)}")
+    handler = logging.StreamHandler()
+    handler.setFormatter(PlainFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=log_level.upper(), handlers=[handler], force=True)
     overrides: dict[str, Any] = {
         "generator": {
             "model": model,
@@ -100,18 +150,37 @@ def worker(
         },
         "artifacts": {"root": artifacts},
     }
-    settings = load_settings(overrides)
     try:
-        asyncio.run(
-            run_worker(
-                settings.generator,
-                settings.queue,
-                settings.artifacts,
-                backend="noop" if backend == "noop" else "diffusers",
-                consumer=consumer,
-                noop_delay_s=noop_delay,
-            )
+        settings = Settings().merged(overrides)
+        parse_url(settings.queue.redis_url)
+    except ValidationError as e:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()
         )
-    except GeneratorError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from e
+        raise _fail(f"invalid settings ({problems}); check the flags and GROUNDWORK_* env") from e
+    except ValueError as e:
+        raise _fail(f"invalid Redis URL ({e}); expected redis://host:port/db") from e
+    try:
+        with asyncio.Runner(loop_factory=_fast_loop()) as runner:
+            runner.run(
+                run_worker(
+                    settings.generator,
+                    settings.queue,
+                    settings.artifacts,
+                    backend="noop" if backend == "noop" else "diffusers",
+                    consumer=consumer,
+                    noop_delay_s=noop_delay,
+                )
+            )
+    except GroundworkError as e:
+        raise _fail(str(e)) from e
+
+
+def main(argv: list[str] | None = None) -> None:
+    app = typer.Typer(add_completion=False)
+    app.command()(worker)
+    app(args=argv, prog_name="python -m cli.worker")
+
+
+if __name__ == "__main__":
+    main()

@@ -417,6 +417,8 @@ def arm_settings(config: ArmConfig, base: Settings) -> Settings:
         # The critic is the eval's, not the arm's: without this, an arm with its own endpoint
         # would send its critique to that endpoint (critique_base_url falls back to base_url).
         llm["critique_base_url"] = base.llm.base_url
+    # Nobody answers clarifying questions in an eval: every arm runs unattended, as `run` does.
+    overrides.setdefault("agent", {}).setdefault("ask_questions", False)
     return base.merged(overrides)
 
 

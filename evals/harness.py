@@ -34,7 +34,7 @@ from rich.progress import (
 from agent.settings import Settings
 from core.errors import GroundworkError, InputError
 from evals.analysis import Analysis, analyze
-from evals.arms import Arm, build_arm
+from evals.arms import Arm, Produced, build_arm
 from evals.config import AgentArm, EvalConfig, ImportedArm, TrainedArm, eval_settings
 from evals.judge import Judge, OpenAIJudge
 from evals.metrics import METRICS, Metric, MetricContext, MetricUnavailable, PairwiseMetric
@@ -373,8 +373,6 @@ async def _item(
             )
             status, error = produced.status, produced.error
         except GroundworkError as exc:
-            from evals.arms import Produced
-
             produced = Produced("failed", error=str(exc))
             status, error = "failed", str(exc)
         wall = round(time.perf_counter() - started, 4)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import html
+import importlib.util
 import io
 import math
 import re
@@ -131,7 +132,7 @@ def make_figures(store: ResultStore, analysis: Analysis) -> tuple[list[Figure], 
             ax.barh(arms, widths, left=left, label=stage)
             left = [x + w for x, w in zip(left, widths, strict=True)]
         ax.set_xlabel("mean seconds per image")
-        ax.legend(fontsize=7, ncol=3, loc="lower right")
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         ax.set_title("Latency per stage")
         save(fig, "latency", "Mean latency per stage")
     return figures, None
@@ -243,6 +244,10 @@ def fairness_lines(config: EvalConfig, suites: list[Suite]) -> list[str]:
         "Statistics resample prompts (seeds of a prompt are averaged first); CIs are 95% "
         f"percentile bootstraps ({config.report.bootstrap} resamples).",
     ]
+    if importlib.util.find_spec("scipy") is None:
+        lines.append(
+            "p-values unavailable: scipy is not installed (pip install 'groundwork[eval]')."
+        )
     if config.record:
         lines.append(f"Tool results were recorded to {config.record}: arms saw identical evidence.")
     if config.replay:

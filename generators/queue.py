@@ -330,8 +330,10 @@ class _EventMux:
                     await p.execute()
             yield queue
         finally:
+            # Nobody left listening: forget the job (a later wait() follows its own events
+            # stream from the start, so nothing is missed).
             sub.listeners.discard(queue)
-            if not sub.listeners and (sub.terminal or sub.stream is not None):
+            if not sub.listeners:
                 self._drop(job_id)
 
     def _drop(self, job_id: str) -> None:
@@ -641,8 +643,12 @@ class QueueGenerator:
         )
 
     async def live_workers(self) -> int:
+        """Workers whose heartbeat was seen in the last WORKER_ALIVE_S seconds."""
         since = time.time() - WORKER_ALIVE_S
-        return int(await self.client.zcount(self.keys.workers, since, "+inf"))
+        try:
+            return int(await self.client.zcount(self.keys.workers, since, "+inf"))
+        except RedisError as e:
+            raise _redis_error(self.settings.redis_url, e) from e
 
     async def generate(
         self, request: GenerationRequest, on_progress: ProgressCallback | None = None

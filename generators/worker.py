@@ -21,7 +21,7 @@ once; the worker re-creates a consumer group that Redis lost.
 SIGTERM/SIGINT: stop reading, let the current jobs finish for `shutdown_grace_s`, then stop
 them at the next denoising step and put them back on the stream for another worker.
 
-`python -m generators.worker --help` runs it without the `groundwork` CLI.
+`python -m cli.worker --help` runs it without the rest of the `groundwork` CLI.
 """
 
 from __future__ import annotations
@@ -1010,17 +1010,3 @@ async def run_worker(
     finally:
         await worker.aclose()
         await gen.aclose()
-
-
-def main(argv: list[str] | None = None) -> None:
-    import typer
-
-    from cli.worker import worker
-
-    app = typer.Typer(add_completion=False)
-    app.command()(worker)
-    app(args=argv, prog_name="python -m generators.worker")
-
-
-if __name__ == "__main__":
-    main()

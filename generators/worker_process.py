@@ -1,4 +1,4 @@
-"""Run `python -m generators.worker` as a child process (tests, benchmarks, local demos).
+"""Run `python -m cli.worker` as a child process (tests, benchmarks, local demos).
 
 The worker is exercised exactly as an operator runs it: its own interpreter, flags, signals.
 """
@@ -6,6 +6,7 @@ The worker is exercised exactly as an operator runs it: its own interpreter, fla
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -33,11 +34,11 @@ class WorkerProcess:
         self.name = name
         self.prefix = prefix
         self.redis_url = redis_url
-        self.log_path = logdir / f"worker-{name}.log"
+        self.log_path = logdir / f"worker-{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}.log"
         args = [
             sys.executable,
             "-m",
-            "generators.worker",
+            "cli.worker",
             "--backend",
             backend,
             "--consumer",

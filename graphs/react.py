@@ -2,6 +2,9 @@
 vLLM) or any tool-calling LLM drives, over the same tools, generator and critic.
 
     intake -> policy <-> tools (bounded) -> answer -> generate -> critique -> (repair)* -> finish
+                 +-- no usable answer within its LLM-call budget: the prompt as is --> generate
+
+The conversation protocol is `settings.agent.react_profile` (agent/profiles.py).
 """
 
 from __future__ import annotations

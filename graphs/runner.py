@@ -12,6 +12,7 @@ run a thread (a lock in the checkpoint database).
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Callable
 from contextlib import AsyncExitStack
@@ -174,7 +175,8 @@ class Runner:
         graph = self.graph(policy)
         config = self.config(thread_id)
         lock = ThreadLock(settings.checkpoint_db.expanduser(), thread_id)
-        lock.acquire()
+        # SQLite calls off the event loop: the checkpoint saver shares the file and the loop.
+        await asyncio.to_thread(lock.acquire)
         try:
             snapshot = await graph.aget_state(config)
             pending = tuple(snapshot.next)
@@ -191,7 +193,7 @@ class Runner:
                         raise InputError(f"thread {thread_id} has no run to resume")
                     # Nothing left to run: write the last turn's folder again (e.g. after a
                     # full disk made the first write fail).
-                    return self._finish(thread_id, stored, settings, write_folder, None)
+                    return await self._finish(thread_id, stored, settings, write_folder, None)
                 graph_input = None
             else:
                 message = validate_prompt(request, settings.agent.prompt_max_chars)
@@ -234,14 +236,33 @@ class Runner:
                 return RunOutcome(
                     thread_id, "interrupted", None, self._output(values), question=question
                 )
-            return self._finish(thread_id, values, settings, write_folder, error)
+            return await self._finish(thread_id, values, settings, write_folder, error)
         finally:
-            lock.release()
+            await asyncio.to_thread(lock.release)
+
+    def _write_folder(
+        self, thread_id: str, values: dict[str, Any], output: dict[str, Any], settings: Settings
+    ) -> Path:
+        """File I/O with fsync: in a thread, so a server's other runs keep going."""
+        turn = int(values.get("turn") or 1)
+        run_dir = make_run_dir(
+            settings.runs_dir, str(values.get("request") or "run"), thread_id, turn
+        )
+        trace = read_trace(self.services.trace_path(thread_id), turn=turn)
+        write_run(
+            run_dir,
+            output,
+            self.services.store,
+            thread_id=thread_id,
+            extra={"run_dir": str(run_dir)},
+            trace=trace,
+        )
+        return run_dir
 
     def _output(self, values: dict[str, Any]) -> dict[str, Any]:
         return {key: values.get(key) for key in OUTPUT_KEYS}
 
-    def _finish(
+    async def _finish(
         self,
         thread_id: str,
         values: dict[str, Any],
@@ -254,18 +275,8 @@ class Runner:
             output["error"] = error
         run_dir: Path | None = None
         if write_folder:
-            turn = int(values.get("turn") or 1)
-            run_dir = make_run_dir(
-                settings.runs_dir, str(values.get("request") or "run"), thread_id, turn
-            )
-            trace = read_trace(self.services.trace_path(thread_id), turn=turn)
-            write_run(
-                run_dir,
-                output,
-                self.services.store,
-                thread_id=thread_id,
-                extra={"run_dir": str(run_dir)},
-                trace=trace,
+            run_dir = await asyncio.to_thread(
+                self._write_folder, thread_id, values, output, settings
             )
         ok = not output.get("error") and output.get("image") is not None
         status: Literal["done", "failed"] = "done" if ok else "failed"

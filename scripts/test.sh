@@ -13,7 +13,17 @@ if ! command -v redis-server >/dev/null 2>&1; then
   fi
 fi
 
+# Browser tests (the eval report, the service's web page) render in Debian's headless Chromium.
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq && apt-get install -y -qq chromium >/dev/null
+  else
+    echo "[test] chromium not found: the browser tests will be skipped" >&2
+  fi
+fi
+
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
+.venv/bin/mypy core agent graphs tools generators retrieval evals service cli tests benchmarks
 .venv/bin/python -m pytest "$@"

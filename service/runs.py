@@ -17,7 +17,6 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -145,6 +144,7 @@ class RunManager:
         self._slots = asyncio.Semaphore(cfg.max_running)
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._cancelled: set[str] = set()
+        self._recording: set[str] = set()
         self._closing = False
 
     @property
@@ -223,8 +223,8 @@ class RunManager:
     async def cancel(self, row: RunRow) -> bool:
         """Stop an unfinished run; False when it had already finished."""
         task = self._tasks.get(row.id)
-        if task is None:
-            return False
+        if task is None or row.id in self._recording:
+            return False  # finished, or its outcome is being stored: too late to cancel
         self._cancelled.add(row.id)
         task.cancel()
         await asyncio.wait({task})
@@ -270,6 +270,7 @@ class RunManager:
                     ),
                     timeout=self.cfg.run_timeout_s,
                 )
+            self._recording.add(run_id)
             await self._record(row, outcome)
             finished = True
         except asyncio.CancelledError:
@@ -297,6 +298,7 @@ class RunManager:
         finally:
             self._tasks.pop(run_id, None)
             self._cancelled.discard(run_id)
+            self._recording.discard(run_id)
             self.events.detach(run_id)
             if finished:
                 await asyncio.shield(self._release(row))
@@ -379,7 +381,3 @@ class RunManager:
             task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
-
-
-def context_dict(ctx: RunContext) -> dict[str, Any]:
-    return {k: v for k, v in asdict(ctx).items() if k in CONTEXT_KEYS and v is not None}

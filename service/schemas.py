@@ -20,7 +20,9 @@ class ImageGenerationRequest(BaseModel):
 
     model_config = ConfigDict(extra="allow")  # quality, style, user, background...: accepted
 
-    prompt: str = Field(description="What to draw; Groundwork researches what it names first.")
+    prompt: str = Field(
+        min_length=1, description="What to draw; Groundwork researches what it names first."
+    )
     model: str | None = Field(
         default=None,
         description='"groundwork-react" runs the react policy; any other value (dall-e-3, '
@@ -67,7 +69,7 @@ class ImagesResponse(BaseModel):
 class RunCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    prompt: str = Field(description="The image prompt.")
+    prompt: str = Field(min_length=1, description="The image prompt.")
     policy: Policy = Field(default="planned", description="planned (default) or react.")
     seed: int | None = Field(default=None, ge=0, le=2**32 - 1)
     width: int | None = Field(default=None, ge=64, le=2048)
@@ -81,8 +83,9 @@ class MessageCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     message: str = Field(
+        min_length=1,
         description="The next chat message on the run's thread (a refinement, a new image, or "
-        "the answer to the run's question)."
+        "the answer to the run's question).",
     )
 
 

@@ -214,7 +214,8 @@ async def critique(run: StageRun) -> Result:
         grounded, more = await write_checklist(
             run, state.get("prompt", ""), grounded, offer_layout=False
         )
-        notices += more
+        already = set(state.get("notices") or [])
+        notices += [n for n in more if n not in already]
         if not needs_checklist(grounded):
             update["grounded"] = grounded.model_dump(mode="json")
     image = GenerationResult.model_validate(last)

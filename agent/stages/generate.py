@@ -122,6 +122,7 @@ async def generate(run: StageRun) -> Result:
         what += f", {n} candidates"
     else:
         result = await generator.generate(request, on_progress=on_progress)
+    notices += _reference_notice(result, run.state.get("notices") or [])
     round_no = run.state.get("round", 0) + 1
     image = result.model_dump(mode="json")
     update.update(
@@ -143,3 +144,17 @@ async def generate(run: StageRun) -> Result:
         f"round {round_no}: {what} {request.width}x{request.height} seed {result.seed} in "
         f"{result.elapsed_s:.2f}s on {result.device or '?'}",
     )
+
+
+def _reference_notice(result: GenerationResult, said: list[str]) -> list[str]:
+    """Say when chosen references did not reach the generator (no adapter fits the model...),
+    so a user never believes an image was conditioned on pixels it never saw."""
+    unused = [u for u in result.references if not u.used]
+    if not unused:
+        return []
+    reasons = sorted({u.why or "the generator did not use it" for u in unused})
+    text = (
+        f"{len(unused)} of {len(result.references)} chosen reference image(s) did not reach the "
+        f"generator, only their descriptions did: {'; '.join(reasons)}"
+    )
+    return [] if text in said else [text]

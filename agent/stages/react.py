@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
 from pydantic import BaseModel, ValidationError
 
-from agent.llm import _invoke, call_record, image_data_url
+from agent.llm import call_record, image_data_url, invoke
 from agent.profiles import (
     OrdinalRef,
     Parsed,
@@ -202,9 +202,10 @@ def _reply(
             "tool_calls": [_openai_call(c) for c in calls],
         }
         return message, Parsed(calls=tuple(calls))
-    if profile.native_tools:
+    if native:
         # A server without a tool parser hands back the model's `<tool_call>` text: kept as
-        # OpenAI tool calls, so the tool answers that follow have ids to answer.
+        # OpenAI tool calls, so the tool answers that follow have ids to answer. (Not when
+        # tools were withheld: those calls will not run, so they stay text.)
         parsed = profile.parse(text, turn=turn)
         if parsed.calls:
             message = {
@@ -281,7 +282,7 @@ async def policy(run: StageRun) -> Result:
     sent = [clean(m) for m in messages]
     lc = to_langchain(sent, run.services.store)
     started = time.perf_counter()
-    reply = await _invoke(runnable, lc, chat)
+    reply = await invoke(runnable, lc, chat)
     record = call_record(chat, lc, reply, started, response_format=None, tools=tools)
     assistant, parsed = _reply(cast(AIMessage, reply), profile, turn=turn, native=native)
     record.update(
@@ -593,17 +594,18 @@ def _valid(model: type[M], items: Any) -> list[M]:
     return out
 
 
-async def keeps_ordinal_phrases(run: StageRun) -> tuple[bool, str | None]:
-    """Whether the generator receives references in order and reads "the first reference
-    image" (an editing model): asked of the generator's capabilities."""
+async def keeps_ordinal_phrases(run: StageRun) -> tuple[int, str | None]:
+    """How many references the generator receives in order and reads as "the first reference
+    image", ... (an editing model; 0 for text-only and IP-Adapter models), from the generator's
+    capabilities; and a notice when they could not be read."""
     try:
         caps = await capabilities(run.services.generator(), settings=run.settings.generator)
     except (GeneratorError, OSError, ValueError) as exc:
-        return False, (
+        return 0, (
             f"could not read the generator's capabilities ({exc}); ordinal reference phrases "
             "were rewritten into the references' notes"
         )
-    return caps.keeps_ordinal_phrases, None
+    return (caps.max_references or 5) if caps.keeps_ordinal_phrases else 0, None
 
 
 async def answer(run: StageRun) -> Result:
@@ -629,20 +631,26 @@ async def answer(run: StageRun) -> Result:
         ids,
         run.settings.agent.max_references,
     )
-    kept = {r.img_id for r in grounded.reference_images}
+    kept = [r.img_id for r in grounded.reference_images]
     titles = {
         i["img_id"]: untrusted(i.get("title", ""), 120)
         for o in state.get("observations") or []
         for i in o.get("items", [])
         if i.get("kind") == "image"
     }
-    keep = False
+    readable = 0
     if refs:
-        keep, why_not = await keeps_ordinal_phrases(run)
+        readable, why_not = await keeps_ordinal_phrases(run)
         notices += [why_not] if why_not else []
+    keep = readable > 0
+    # Phrases stay only for references the generator receives (the first `readable` kept).
+    received = set(kept[:readable]) if keep else set(kept)
     text, mapping = resolve_ordinals(
         grounded.gen_prompt,
-        [OrdinalRef(r.img_id, r.note, r.img_id in kept, titles.get(r.img_id, "")) for r in refs],
+        [
+            OrdinalRef(r.img_id, r.note, r.img_id in received, titles.get(r.img_id, ""))
+            for r in refs
+        ],
         keep_phrases=keep,
     )
     grounded = grounded.model_copy(update={"gen_prompt": text[:1500], "ordinals": mapping})

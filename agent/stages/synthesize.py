@@ -28,7 +28,7 @@ from agent.stages.layout import LAYOUT_GUIDE, LayoutPlan, several_subjects
 from agent.stages.research import outcome_notice
 from generators.base import GeneratorError
 from tools.observations import ImageHit, Observation
-from tools.render import render_observations, sanitize
+from tools.render import render_image_hits, render_observations
 
 if TYPE_CHECKING:
     from generators.prompt_budget import PromptBudget
@@ -338,19 +338,17 @@ def check_references(
     return grounded.model_copy(update={"reference_images": kept}), notices
 
 
-def image_lines(observations: list[Observation]) -> list[str]:
-    """Candidate references for the prompt: ids, with web titles and URLs neutralised."""
-    seen: set[str] = set()
-    lines = []
+def image_block(observations: list[Observation]) -> str:
+    """Candidate references for the prompt, once each: their titles and source URLs are web
+    text, so they go inside the same delimited untrusted block as every observation."""
+    seen: dict[str, ImageHit] = {}
     for obs in observations:
         for item in obs.items:
             if isinstance(item, ImageHit) and item.img_id not in seen:
-                seen.add(item.img_id)
-                lines.append(
-                    f"- {item.img_id}: {sanitize(item.title)[:80]} "
-                    f"(from {sanitize(item.source_url or item.url)[:120]})"
-                )
-    return lines
+                seen[item.img_id] = item
+    if not seen:
+        return "(none)"
+    return render_image_hits(seen.values(), label="available reference images")
 
 
 async def synthesize(run: StageRun) -> Result:
@@ -404,7 +402,7 @@ async def synthesize(run: StageRun) -> Result:
                     USER.format(
                         prompt=prompt,
                         gaps="\n".join(f"- {g.kind}: {g.span} ({g.why})" for g in report.gaps),
-                        images="\n".join(image_lines(observations)) or "(none)",
+                        images=image_block(observations),
                         observations=render_observations(
                             observations, settings.agent.observation_chars
                         ),

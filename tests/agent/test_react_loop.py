@@ -207,3 +207,27 @@ async def test_a_policy_that_never_answers_ends_with_the_prompt(
     assert state["grounded"]["gen_prompt"] == PROMPT
     assert any("LLM-call budget" in n for n in state["notices"])
     assert state["image"] is not None
+
+
+async def test_tool_calls_after_the_forced_message_are_refused_not_run(
+    tmp_path: Path,
+    scripted_llm: ScriptedLLM,
+    fake_web: WebServer,
+    recording: Recorder,
+    services_factory: Any,
+) -> None:
+    settings = make_settings(tmp_path, scripted_llm, None, react_max_tool_calls=1)
+    scripted_llm.add(
+        "text",
+        tool_call("search", queries=["zephyr specs"]),
+        '<tool_call>{"name": "search", "arguments": {"queries": ["more"]}}</tool_call>',
+        _answer("an orange drone", []),
+    )
+    state = await run_graph(services_factory(settings), PROMPT)
+    third = sent_messages(scripted_llm, 2)
+    # The call stays text (no tool_calls left unanswered); the model is told to answer.
+    assert third[-2] == {"role": "assistant", "content": third[-2]["content"]}
+    assert third[-1]["role"] == "user" and third[-1]["content"].endswith(OPENAI.forced_final)
+    assert "tools" not in scripted_llm.calls("text")[2]
+    assert state["tool_calls"] == 1 and len(state["observations"]) == 1
+    assert state["grounded"]["gen_prompt"] == "an orange drone"

@@ -101,6 +101,7 @@ def _trace(outcome: RunOutcome) -> list[dict[str, Any]]:
     return read_trace(outcome.run_dir / "trace.jsonl")
 
 
+@pytest.mark.slow
 async def test_both_policies_leave_complete_traces(runs: dict[str, RunOutcome]) -> None:
     planned = _trace(runs["planned"])
     roles = [r["role"] for r in planned if r["kind"] == "llm"]
@@ -125,6 +126,14 @@ async def test_both_policies_leave_complete_traces(runs: dict[str, RunOutcome]) 
     ]
     assert all(r["thread_id"] == "react-1" and r["turn"] == 1 for r in react)
 
+    # The dossier shows how the trained policy's ordinal phrase was resolved.
+    gs = runs["gen-searcher"]
+    assert _trace(gs)[0]["profile"] == "gen-searcher"
+    assert gs.output["grounded"]["gen_prompt"] == "orange drone, orange"
+    assert gs.run_dir is not None
+    dossier = (gs.run_dir / "dossier.md").read_text()
+    assert '- "the first reference image" -> `IMG_001`: orange drone' in dossier
+
 
 def _own_check(example: dict[str, Any]) -> GroundedPrompt:
     """Independent of agent.sft's checker: ids match, answers follow, the answer parses."""
@@ -144,6 +153,7 @@ def _own_check(example: dict[str, Any]) -> GroundedPrompt:
     return GroundedPrompt.model_validate(parsed.answer)
 
 
+@pytest.mark.slow
 async def test_export_openai_and_sharegpt_revalidate(
     runs: dict[str, RunOutcome], tmp_path: Path
 ) -> None:
@@ -212,6 +222,7 @@ def _by_policy(examples: list[dict[str, Any]]) -> tuple[dict[str, Any], ...]:
     return found["planned"], found["react"], found["gen-searcher"]
 
 
+@pytest.mark.slow
 async def test_only_matched_and_the_cli(
     runs: dict[str, RunOutcome], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

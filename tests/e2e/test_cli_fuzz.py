@@ -33,8 +33,7 @@ _nasty = st.sampled_from(
     ["\x00", "\x1b[31m", "[bold red]", "[/]", "\udcff", "\n", "'", '"', "{", "]"]
 )
 text = st.lists(
-    st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=12)
-    | _nasty,
+    st.text(alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=12) | _nasty,
     max_size=6,
 ).map("".join)
 env_text = text.map(lambda s: s.replace("\x00", ""))  # the OS cannot hold NUL in env

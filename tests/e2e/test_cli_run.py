@@ -153,6 +153,7 @@ def test_run_writes_image_dossier_and_run_json_with_one_edit_round(
     assert "IMG_001" in dossier and "**chosen**" in dossier
     # the tiny pipeline has no IP-Adapter: the reference is never claimed as used
     assert "**used**" not in dossier and "pixels reached the generator" not in dossier
+    assert "did not reach the generator" in dossier  # and the user is told, with the reason
     assert "![IMG_001](refs/IMG_001.png)" in dossier
     with Image.open(run_dir / "refs" / "IMG_001.png") as ref:
         assert ref.size == (48, 48)

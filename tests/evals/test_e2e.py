@@ -145,7 +145,11 @@ def _config(tmp: Path, tiny_pipeline: Path, llm: ScriptedLLM, clip: str, **extra
             "llm": {"base_url": llm.base_url, "model": "scripted-llm", "max_retries": 0},
             "generator": {"model": str(tiny_pipeline), "width": 64, "height": 64, "steps": 2},
             "artifacts": {"root": str(tmp / "artifacts")},
-            "tools": {"allow_hosts": ["127.0.0.1"], "timeout_s": 10},
+            "tools": {
+                "allow_hosts": ["127.0.0.1"],
+                "timeout_s": 10,
+                "cache_dir": str(tmp / "tool-cache"),
+            },
             "retrieval": {"kb_dir": str(tmp / "no-kb")},
         },
         "judge": {"base_url": llm.base_url, "model": "scripted-vlm", "transport_retries": 0},
@@ -239,3 +243,53 @@ async def test_a_recorded_suite_replays_offline_with_the_same_evidence(
     seen_b = [(o["tool"], o["query"], o["ok"], o["items"]) for o in obs_b.output["observations"]]
     assert seen_a and seen_b == seen_a
     assert all(o["cached"] for o in obs_b.output["observations"] if o["ok"])
+
+
+async def test_trained_arm_speaks_gen_searchers_protocol_with_our_tools(
+    tmp_path: Path,
+    tiny_pipeline: Path,
+    scripted_llm: ScriptedLLM,
+    world: WebServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    policy = ScriptedLLM(models=("Gen-Searcher-8B",)).start()
+    try:
+        for _ in range(2):
+            policy.add(
+                "text",
+                '<think>I need to see it.</think><tool_call>{"name": "image_search", '
+                '"arguments": {"query": "Zephyr X1 drone", "top_k": 2}}</tool_call>',
+                '<think>Done.</think><answer>{"gen_prompt": "a matte orange drone like the '
+                'first reference image, over a mountain lake", "reference_images": '
+                '[{"img_id": "IMG_001", "note": "orange body"}]}</answer>',
+            )
+        lean = {
+            "metrics": {"enabled": ["cost"]},
+            "arms": [
+                {
+                    "name": "trained",
+                    "kind": "trained",
+                    "base_url": policy.base_url,
+                    "model": "Gen-Searcher-8B",
+                }
+            ],
+            "baseline": "trained",
+        }
+        config = _config(tmp_path, tiny_pipeline, scripted_llm, "none", **lean)
+        await arun_eval(config, progress=False, write_report=False)
+    finally:
+        policy.stop()
+    db = ResultStore(config.out_dir / "results.sqlite", readonly=True)
+    rec = db.item("trained", "mini-v1/drone", 7)
+    db.close()
+    assert rec is not None and rec.status == "done", rec and rec.error
+    assert rec.output["observations"][0]["tool"] == "image_search"
+    assert rec.output["observations"][0]["ok"]
+    assert rec.gen_prompt and "first reference image" not in rec.gen_prompt  # ordinal resolved
+    calls = [r for r in policy.requests if r["model"] == "Gen-Searcher-8B"]
+    first, second = calls[0]["messages"], calls[1]["messages"]
+    assert first[0]["role"] == "system" and "<tools>" in str(first[0]["content"])
+    assert "tools" not in calls[0]  # its text protocol, not OpenAI tool calling
+    reply = second[-1]
+    assert reply["role"] == "user" and "<tool_response>" in str(reply["content"])

@@ -89,7 +89,9 @@ def test_no_effect_gives_a_ci_around_zero(tmp_path: Path) -> None:
         "agent": SyntheticArm("agent", store, oracle, base_passes),
     }
     config = parse_config(synthetic_config(tmp_path, suite, metrics={"enabled": ["requirements"]}))
-    result = run_eval(config, arms=arms, judge=OracleJudge(oracle), progress=False)
+    result = run_eval(
+        config, arms=arms, judge=OracleJudge(oracle), progress=False, write_report=False
+    )
     p = _paired(result, "requirements")
     assert p.delta == 0 and p.lo <= 0 <= p.hi and not p.significant
     assert (p.wins, p.ties, p.losses) == (0, 60, 0)
@@ -107,7 +109,9 @@ async def test_a_run_cancelled_midway_resumes_to_the_same_table(tmp_path: Path) 
 
     cut = parse_config(synthetic_config(tmp_path / "cut", suite))
     arms = _arms(tmp_path / "cut", oracle, delay_s=0.002)
-    task = asyncio.create_task(arun_eval(cut, arms=arms, judge=OracleJudge(oracle), progress=False))
+    task = asyncio.create_task(
+        arun_eval(cut, arms=arms, judge=OracleJudge(oracle), progress=False, write_report=False)
+    )
     while arms["agent"].produced < 10:
         await asyncio.sleep(0.001)
     task.cancel()  # what Ctrl-C does to asyncio.run's main task
@@ -119,7 +123,9 @@ async def test_a_run_cancelled_midway_resumes_to_the_same_table(tmp_path: Path) 
     assert 0 < len(done_before) < 60, "the cut must land midway"
 
     resumed_arms = _arms(tmp_path / "cut", oracle)
-    resumed = await arun_eval(cut, arms=resumed_arms, judge=OracleJudge(oracle), progress=False)
+    resumed = await arun_eval(
+        cut, arms=resumed_arms, judge=OracleJudge(oracle), progress=False, write_report=False
+    )
     # nothing finished before the cut was made again
     remade = resumed_arms["plain"].produced + resumed_arms["agent"].produced
     assert remade == 60 - len(done_before)
@@ -132,7 +138,9 @@ async def test_rerun_of_a_finished_eval_does_nothing_again(tmp_path: Path) -> No
     oracle = Oracle()
     config = parse_config(synthetic_config(tmp_path, suite))
     judge = OracleJudge(oracle)
-    first = await arun_eval(config, arms=_arms(tmp_path, oracle), judge=judge, progress=False)
+    first = await arun_eval(
+        config, arms=_arms(tmp_path, oracle), judge=judge, progress=False, write_report=False
+    )
     calls = judge.yes_no_calls
     arms = _arms(tmp_path, oracle)
     again = await arun_eval(config, arms=arms, judge=judge, progress=False, write_report=False)
@@ -150,7 +158,9 @@ async def test_pairwise_is_asked_in_both_orders_and_a_position_biased_judge_ties
         synthetic_config(tmp_path, suite, metrics={"enabled": ["requirements", "pairwise"]})
     )
     judge = FirstAlwaysJudge(oracle)
-    result = await arun_eval(config, arms=_arms(tmp_path, oracle), judge=judge, progress=False)
+    result = await arun_eval(
+        config, arms=_arms(tmp_path, oracle), judge=judge, progress=False, write_report=False
+    )
     # every comparison was asked twice, with the images swapped
     asked = judge.prefer_calls
     assert len(asked) == 20
@@ -165,7 +175,9 @@ async def test_failed_runs_meet_no_requirement_and_lose_pairwise(tmp_path: Path)
     oracle = Oracle()
     config = parse_config(synthetic_config(tmp_path, suite, max_attempts=1))
     arms = _arms(tmp_path, oracle, fail_keys={"synthetic-v1/p000", "synthetic-v1/p001"})
-    result = await arun_eval(config, arms=arms, judge=OracleJudge(oracle), progress=False)
+    result = await arun_eval(
+        config, arms=arms, judge=OracleJudge(oracle), progress=False, write_report=False
+    )
     assert result.analysis.counts["agent"] == {"done": 4, "failed": 2}
     db = ResultStore(config.out_dir / "results.sqlite", readonly=True)
     rows = {r.prompt_id: r for r in db.scores("requirements") if r.arm == "agent"}
@@ -177,7 +189,9 @@ async def test_failed_runs_meet_no_requirement_and_lose_pairwise(tmp_path: Path)
     # a rerun with more attempts retries the failed items only
     config2 = parse_config(synthetic_config(tmp_path, suite, max_attempts=2))
     arms2 = _arms(tmp_path, oracle)
-    again = await arun_eval(config2, arms=arms2, judge=OracleJudge(oracle), progress=False)
+    again = await arun_eval(
+        config2, arms=arms2, judge=OracleJudge(oracle), progress=False, write_report=False
+    )
     assert arms2["agent"].produced == 2 and arms2["plain"].produced == 0
     assert again.analysis.counts["agent"] == {"done": 6}
 
@@ -215,7 +229,9 @@ def test_three_arms_get_a_bradley_terry_ranking(tmp_path: Path) -> None:
     }
     raw = synthetic_config(tmp_path, suite, metrics={"enabled": ["requirements"]})
     raw["arms"].append({"name": "trained", "kind": "plain"})
-    result = run_eval(parse_config(raw), arms=arms, judge=OracleJudge(oracle), progress=False)
+    result = run_eval(
+        parse_config(raw), arms=arms, judge=OracleJudge(oracle), progress=False, write_report=False
+    )
     ranking = result.analysis.ranking
     assert [r.arm for r in ranking] == ["trained", "agent", "plain"]
     assert result.analysis.ranking_metric == "requirements"

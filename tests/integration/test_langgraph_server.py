@@ -87,8 +87,10 @@ async def test_langgraph_dev_serves_schemas_and_completes_a_run(
         assistants = await client.assistants.search(graph_id="groundwork")
         assert assistants, "the graph from langgraph.json is registered"
         schemas = await client.assistants.get_schemas(assistants[0]["assistant_id"])
-        assert list(schemas["input_schema"]["properties"]) == ["request"]
-        assert {"grounded", "image", "notices"} <= set(schemas["output_schema"]["properties"])
+        input_schema, output_schema = schemas["input_schema"], schemas["output_schema"]
+        assert input_schema is not None and output_schema is not None
+        assert list(input_schema["properties"]) == ["request"]
+        assert {"grounded", "image", "notices"} <= set(output_schema["properties"])
         result = await client.runs.wait(
             None, "groundwork", input={"request": "a red apple on a table"}
         )

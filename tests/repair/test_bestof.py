@@ -57,7 +57,6 @@ async def test_pairwise_judge_picks_the_candidate_it_prefers_in_both_orders(
     scripted_llm: ScriptedLLM,
     answers: tuple[str, str],
     winner: int,
-    tmp_path: Path,
 ) -> None:
     from agent.services import Services
 
@@ -102,32 +101,51 @@ async def test_pairwise_judge_picks_the_candidate_it_prefers_in_both_orders(
 
 
 @pytest.mark.slow
-async def test_without_a_vlm_clip_judges(settings: Settings, tmp_path: Path) -> None:
+async def test_without_a_vlm_clip_judges_and_the_dossier_says_so(
+    settings: Settings, scripted_llm: ScriptedLLM, tmp_path: Path
+) -> None:
     from agent.services import Services
     from tests.support.tiny_clip import register_tiny_clip
 
     clip = register_tiny_clip(tmp_path / "clip")
-    no_vlm = settings.merged(
-        {
-            "llm": {"critique_model": None},
-            "agent": {"candidates": 3},
-            "retrieval": {"clip_model": clip},
-        }
+    no_vlm = settings.merged({"agent": {"candidates": 3}, "retrieval": {"clip_model": clip}})
+    no_vlm = no_vlm.model_copy(
+        update={"llm": no_vlm.llm.model_copy(update={"critique_model": None})}
     )
+    scripted_llm.add("GapReport", NO_GAPS)  # no critic: no checklist, no verdict
     services = Services(no_vlm)
-    # no critic: no checklist call; analyze is the only LLM call
-    from tests.support.scripted_llm import ScriptedLLM as _  # noqa: F401
-
     try:
         async with Runner(no_vlm, services) as runner:
-            scripted = runner.settings.llm.base_url
-            assert scripted
-            from tests.repair.conftest import NO_GAPS as gaps
-
-            import httpx  # the scripted server is already running (settings fixture)
-
-            del httpx, gaps
             outcome = await runner.run(PROMPT, thread_id="clip")
     finally:
         await services.aclose()
-    assert outcome.status in ("done", "failed")
+
+    assert outcome.status == "done", outcome.error
+    judge = outcome.output["rounds"][0]["judge"]
+    assert judge["method"] == "clip" and judge["model"] == clip
+    scores = judge["scores"]
+    assert len(scores) == 3 and judge["winner"] == scores.index(max(scores))
+    assert outcome.image_sha256 == judge["candidates"][judge["winner"]]["sha256"]
+    assert scripted_llm.calls("Preference") == []
+    assert outcome.run_dir is not None
+    assert "by CLIP score" in (outcome.run_dir / "dossier.md").read_text()
+
+
+@pytest.mark.slow
+async def test_best_of_n_without_any_judge_makes_one_image_and_says_why(
+    settings: Settings, scripted_llm: ScriptedLLM
+) -> None:
+    from agent.services import Services
+
+    bare = settings.merged({"agent": {"candidates": 4}})
+    bare = bare.model_copy(update={"llm": bare.llm.model_copy(update={"critique_model": None})})
+    scripted_llm.add("GapReport", NO_GAPS)
+    services = Services(bare)
+    try:
+        async with Runner(bare, services) as runner:
+            outcome = await runner.run(PROMPT, thread_id="nojudge")
+    finally:
+        await services.aclose()
+    assert outcome.status == "done", outcome.error
+    assert outcome.output["rounds"][0].get("judge") is None
+    assert any("best-of-4 skipped: no judge" in n for n in outcome.output["notices"])

@@ -29,7 +29,7 @@ PLAN = {
 
 
 def verdict(*passed: bool, score: float, region: dict[str, float] | None = None) -> dict[str, Any]:
-    checks = [
+    checks: list[dict[str, Any]] = [
         {"requirement": r["text"], "passed": p, "reason": "" if p else "not visible"}
         for r, p in zip(PLAN["requirements"], passed, strict=True)
     ]

@@ -38,7 +38,9 @@ def build_kb(kb_dir: Path, kind: str = "flat", spec: EmbedderSpec = TEXT_SPEC) -
     idx = VectorIndex.create(kb_dir / "passages", spec, IndexConfig(kind=kind))  # type: ignore[arg-type]
     ids = list(range(100, 140))
     idx.add(
-        ids, unit(40, spec.dim), [{"kind": "text", "text": f"passage {i}", "path": "/d.md"} for i in ids]
+        ids,
+        unit(40, spec.dim),
+        [{"kind": "text", "text": f"passage {i}", "path": "/d.md"} for i in ids],
     )
     if kind == "hnsw":
         idx.delete([100, 101])  # leaves tombstones.npy

@@ -22,6 +22,7 @@ from PIL import Image
 
 from agent.services import Services
 from agent.settings import RunContext, Settings
+from core.artifacts import ArtifactRef
 from core.errors import GroundworkError
 
 STAGES = ("intake", "analyze", "research", "synthesize", "generate", "critique", "finish")
@@ -52,6 +53,16 @@ class FakeRunner:
     values_map: dict[str, dict[str, Any]] = field(default_factory=dict)
     pending_error: str | None = None
     entered: bool = False
+
+    _images: dict[tuple[Any, ...], ArtifactRef] = field(default_factory=dict)
+
+    def _image(self, size: tuple[int, int], colour: tuple[int, int, int]) -> ArtifactRef:
+        """Stored once per size and colour (the store fsyncs each write; benchmarks of the API
+        layer should not measure that)."""
+        key = (size, colour)
+        if key not in self._images:
+            self._images[key] = self.services.store.put_image(Image.new("RGB", size, colour))
+        return self._images[key]
 
     async def __aenter__(self) -> FakeRunner:
         self.entered = True
@@ -117,8 +128,8 @@ class FakeRunner:
             settings = context.apply(settings)
         size = (settings.generator.width // 8, settings.generator.height // 8)
         colour = (len(text) * 7 % 256, turn * 40 % 256, 120)
-        image = self.services.store.put_image(Image.new("RGB", size, colour))
-        ref = self.services.store.put_image(Image.new("RGB", (8, 8), (10, 200, 30)))
+        image = self._image(size, colour)
+        ref = self._image((8, 8), (10, 200, 30))
         output = {
             "request": text,
             "prompt": text,

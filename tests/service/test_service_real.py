@@ -30,7 +30,7 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 PROMPT = "a red apple on a table"
 STAGES = ["intake", "analyze", "synthesize", "generate", "critique", "finish"]
-NO_GAPS = {"gaps": []}
+NO_GAPS: dict[str, list[object]] = {"gaps": []}
 
 StartServer = Callable[..., LiveServer]
 
@@ -57,17 +57,18 @@ def test_official_openai_client_generates_an_image(
     result = client.images.generate(
         model="dall-e-2", prompt=PROMPT, n=1, size="64x64", response_format="b64_json"
     )
-    assert len(result.data) == 1
-    image = Image.open(io.BytesIO(base64.b64decode(result.data[0].b64_json or "")))
+    data = result.data or []
+    assert len(data) == 1
+    image = Image.open(io.BytesIO(base64.b64decode(data[0].b64_json or "")))
     assert image.format == "PNG" and image.size == (64, 64)
-    assert result.data[0].revised_prompt == PROMPT  # no gaps: the prompt is its own grounding
+    assert data[0].revised_prompt == PROMPT  # no gaps: the prompt is its own grounding
     extra = result.model_extra or {}
     assert "Dossier" in extra["dossier"] or PROMPT in extra["dossier"]
     run = extra["groundwork"]["runs"][0]
     assert [s["stage"] for s in run["stages"]] == STAGES and run["status"] == "done"
 
     by_url = client.images.generate(prompt=PROMPT, size="64x64")  # url is the default
-    url = by_url.data[0].url or ""
+    url = (by_url.data or [])[0].url or ""
     fetched = httpx.get(url)  # a signed URL works without the token, like OpenAI's
     assert fetched.status_code == 200
     assert Image.open(io.BytesIO(fetched.content)).size == (64, 64)

@@ -173,6 +173,7 @@ def targets(draw: st.DrawFn) -> tuple[str, ipaddress.IPv4Address | ipaddress.IPv
     return host, addr, via_name
 
 
+@pytest.mark.slow
 @settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     target=targets(),

@@ -166,7 +166,7 @@ hostile_text = st.lists(
 ).map("".join)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(payloads=st.lists(hostile_text, min_size=1, max_size=4))
 def test_property_no_web_text_forges_a_delimiter(payloads: list[str]) -> None:
     observations = [o for p in payloads for o in _every_field_hostile(p)]

@@ -107,7 +107,9 @@ def test_no_import_cycles() -> None:
 
 def test_the_product_never_imports_test_support() -> None:
     _, raw = _graph()
-    offenders = [name for name, targets in raw.items() if any(t.startswith("tests") for t in targets)]
+    offenders = [
+        name for name, targets in raw.items() if any(t.startswith("tests") for t in targets)
+    ]
     assert offenders == []
 
 
