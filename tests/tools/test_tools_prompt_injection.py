@@ -98,8 +98,9 @@ async def test_page_instructions_do_not_change_behaviour(
     assert "IGNORE PREVIOUS INSTRUCTIONS" not in system
     assert UNTRUSTED_HEADER.strip().splitlines()[0] in user
     blocks = re.findall(r"<observation [^>]*>\n.*?</observation>\n", user, re.S)
-    assert len(blocks) == 3  # search, image search, browse; the page forged none
-    assert user.count("</observation>") == 3
+    # search, image search, browse, and the list of candidate references; the page forged none
+    assert len(blocks) == 4
+    assert user.count("</observation>") == 4
     outside = user
     for block in blocks:
         outside = outside.replace(block, "")
