@@ -6,17 +6,16 @@ from __future__ import annotations
 
 import logging
 import math
-import traceback
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from core.errors import GroundworkError, InputError
+from cli.common import guarded
+from core.errors import InputError
 
 if TYPE_CHECKING:
     from evals.stats import Paired
@@ -30,37 +29,8 @@ eval_app = typer.Typer(
 )
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
-EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
-R = TypeVar("R")
 
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Tracebacks and logs.")]
-
-
-def _guarded(fn: Callable[[], R], verbose: bool, resume_hint: str | None = None) -> R:
-    def fail(message: str, code: int) -> typer.Exit:
-        err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
-        return typer.Exit(code)
-
-    try:
-        return fn()
-    except InputError as exc:
-        raise fail(str(exc), EXIT_USAGE) from None
-    except GroundworkError as exc:
-        if verbose:
-            traceback.print_exc()
-        raise fail(str(exc), EXIT_FAILED) from None
-    except KeyboardInterrupt:
-        hint = f"; everything finished is saved, resume with: {resume_hint}" if resume_hint else ""
-        raise fail(f"interrupted{hint}", EXIT_INTERRUPTED) from None
-    except typer.Exit:
-        raise
-    except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, not a traceback
-        if verbose:
-            traceback.print_exc()
-        raise fail(
-            f"unexpected {type(exc).__name__}: {exc} (a bug: rerun with --verbose and report it)",
-            EXIT_FAILED,
-        ) from None
 
 
 def _logging(verbose: bool) -> None:
@@ -152,7 +122,7 @@ def run(
             console.print(f"report: {escape(str(result.report_html))}")
             console.print(f"report: {escape(str(result.report_md))}")
 
-    _guarded(go, verbose, resume_hint=f"groundwork eval run {config}")
+    guarded(go, verbose=verbose, resume_hint=f"groundwork eval run {config}")
 
 
 @eval_app.command("report")
@@ -183,7 +153,7 @@ def report(
         console.print(f"report: {escape(str(page))}")
         console.print(f"report: {escape(str(md))}")
 
-    _guarded(go, verbose)
+    guarded(go, verbose=verbose)
 
 
 @eval_app.command("compare")
@@ -244,7 +214,7 @@ def compare(
             )
             console.print(f"written: {escape(str(markdown))}")
 
-    _guarded(go, verbose)
+    guarded(go, verbose=verbose)
 
 
 @eval_app.command("suites")
@@ -277,4 +247,4 @@ def suites(
             )
         console.print(table)
 
-    _guarded(go, verbose)
+    guarded(go, verbose=verbose)

@@ -10,11 +10,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-import traceback
 import uuid
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar, cast, get_args
+from typing import Annotated, Any, cast, get_args
 
 import typer
 from rich.console import Console
@@ -24,7 +22,7 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedCo
 from agent.preflight import preflight
 from agent.settings import Settings
 from agent.stages.intake import validate_prompt
-from cli.common import load_settings
+from cli.common import EXIT_FAILED, EXIT_INTERRUPTED, guarded, load_settings
 from cli.eval import eval_app
 from cli.kb import kb_app
 from cli.serve import serve
@@ -47,7 +45,6 @@ app = typer.Typer(
 console = Console()
 err_console = Console(stderr=True)
 
-EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 
 # -- options shared by run and chat ------------------------------------------------------------
 OutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Folder for run folders.")]
@@ -142,19 +139,7 @@ def _policy(name: str) -> Policy:
     return cast(Policy, name)
 
 
-def _fail(message: str, code: int) -> typer.Exit:
-    err_console.print(
-        f"[bold red]error:[/] {escape(plain(message))}", highlight=False, soft_wrap=True
-    )
-    return typer.Exit(code)
-
-
-_VERBOSE = False
-
-
 def _setup_logging(verbose: bool) -> None:
-    global _VERBOSE
-    _VERBOSE = verbose
     from rich.logging import RichHandler
 
     logging.basicConfig(
@@ -164,33 +149,6 @@ def _setup_logging(verbose: bool) -> None:
     )
     for noisy in ("httpx", "httpcore", "openai", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
-R = TypeVar("R")
-
-
-def guarded(fn: Callable[[], R], *, resume_hint: str | None = None) -> R:
-    """Every failure ends in one line and exit 1 or 2; --verbose adds the traceback."""
-    try:
-        return fn()
-    except InputError as exc:
-        raise _fail(str(exc), EXIT_USAGE) from None
-    except GroundworkError as exc:
-        if _VERBOSE:
-            traceback.print_exc()
-        raise _fail(str(exc), EXIT_FAILED) from None
-    except KeyboardInterrupt:
-        hint = f"; resume with: {resume_hint}" if resume_hint else ""
-        raise _fail(f"interrupted{hint}", EXIT_INTERRUPTED) from None
-    except typer.Exit:
-        raise
-    except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, not a traceback
-        if _VERBOSE:
-            traceback.print_exc()
-        raise _fail(
-            f"unexpected {type(exc).__name__}: {exc} (a bug: rerun with --verbose and report it)",
-            EXIT_FAILED,
-        ) from None
 
 
 class StageRenderer:
@@ -359,7 +317,9 @@ def run(
         console.print(f"[bold]thread[/] {escape(thread_id)}", highlight=False)
         return asyncio.run(_run_one(settings, request, thread_id, _policy(policy)))
 
-    code = guarded(go, resume_hint=f"groundwork run --thread {thread}" if thread else None)
+    code = guarded(
+        go, verbose=verbose, resume_hint=f"groundwork run --thread {thread}" if thread else None
+    )
     raise typer.Exit(code)
 
 
@@ -414,7 +374,7 @@ def chat(
         thread_id = thread or uuid.uuid4().hex
         asyncio.run(_chat_loop(settings, thread_id, _policy(policy), resume=thread is not None))
 
-    guarded(go)
+    guarded(go, verbose=verbose)
 
 
 async def _chat_loop(settings: Settings, thread_id: str, policy: Policy, *, resume: bool) -> None:
