@@ -13,6 +13,7 @@ run a thread (a lock in the checkpoint database).
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import uuid
 from collections.abc import Callable
 from contextlib import AsyncExitStack
@@ -32,7 +33,7 @@ from agent.stages.intake import validate_prompt
 from agent.state import RunOutput
 from agent.trace import read_trace
 from core.errors import GroundworkError, InputError
-from graphs.build import Graph, Policy, build_graph, open_checkpointer
+from graphs.build import CheckpointError, Graph, Policy, build_graph, open_checkpointer
 from graphs.locks import ThreadLock
 
 
@@ -218,6 +219,13 @@ class Runner:
                         emit(event)
             except InputError:
                 raise
+            except sqlite3.Error as exc:
+                # The checkpoint database failed mid-run (disk full, file damaged): one line.
+                raise CheckpointError(
+                    f"the checkpoint database {settings.checkpoint_db} failed: {exc}; free disk "
+                    "space (or move a damaged file aside), then resume with groundwork run "
+                    f"--thread {thread_id}"
+                ) from exc
             except GroundworkError as exc:
                 after = (await graph.aget_state(config)).next
                 where = f" at {', '.join(after)}" if after else ""

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 from pydantic import BaseModel, Field
 
+from core.errors import GroundworkError
 from retrieval.kb import Collection, KnowledgeBase, stable_id
 from retrieval.text import clean_text
 
@@ -121,7 +122,7 @@ def caption_sidecars(path: Path) -> list[Path]:
     ]
 
 
-class Refused(Exception):
+class Refused(GroundworkError):
     """A file ingestion will not read, and why (internal: becomes a `Skipped` row)."""
 
     def __init__(self, reason: SkipReason, detail: str) -> None:

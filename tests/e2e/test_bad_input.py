@@ -86,3 +86,39 @@ def test_help_lists_the_commands() -> None:
     assert result.exit_code == 0
     for command in ("run", "chat"):
         assert command in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("prompt", "needle"),
+    [("a cat\x00 on a mat", "NUL byte"), ("a caf\udce9 au lait", "not valid UTF-8")],
+)
+def test_prompt_that_is_not_text(env: dict[str, str], prompt: str, needle: str) -> None:
+    code, err = _invoke(["run", prompt], env)
+    _one_line_error(code, err, needle)
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2**63), str(2**80)])
+def test_seed_outside_the_generators_range(env: dict[str, str], seed: str) -> None:
+    code, err = _invoke(["run", "a cat", "--seed", seed], env)
+    _one_line_error(code, err, "generator.seed")
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("GROUNDWORK_TOOLS__ALLOW_HOSTS", "[not json"), ("GROUNDWORK_LLM", "{'base_url': 1")],
+)
+def test_setting_that_is_not_valid_json(env: dict[str, str], key: str, value: str) -> None:
+    code, err = _invoke(["run", "a cat"], {**env, key: value})
+    _one_line_error(code, err, "invalid setting")
+
+
+@pytest.mark.parametrize("entry", ["127.0.0.1:99999", "127.0.0.1:http", "[::1]:-5"])
+def test_allow_list_entry_with_a_bad_port(env: dict[str, str], entry: str) -> None:
+    code, err = _invoke(["run", "a cat"], {**env, "GROUNDWORK_TOOLS__ALLOW_HOSTS": f'["{entry}"]'})
+    _one_line_error(code, err, "allow")
+
+
+def test_every_command_is_listed_in_help() -> None:
+    result = CliRunner().invoke(app, ["--help"])
+    for command in ("worker", "kb", "eval", "traces", "serve"):
+        assert command in result.stdout

@@ -244,3 +244,16 @@ async def test_run_context_overrides_settings_for_one_run(
     assert (image["image"]["width"], image["image"]["height"]) == (96, 64)
     assert image["seed"] == 9
     assert services.settings.generator.width == 64  # the process settings are untouched
+
+
+async def test_a_weak_rewrite_that_loses_the_subject_falls_back_with_a_notice(
+    services: Services, scripted_llm: ScriptedLLM
+) -> None:
+    scripted_llm.add("GapReport", {"gaps": []})
+    await _run(services, "a red lighthouse on a rocky cliff above a stormy sea", thread="weak")
+    scripted_llm.add("Intent", {"kind": "refine", "instruction": "make it night"})
+    scripted_llm.add("GroundedPrompt", {"gen_prompt": "a dark night sky"})  # the subject is gone
+    second = await _run(services, "make it night", thread="weak")
+    gen_prompt = second["grounded"]["gen_prompt"]
+    assert "lighthouse" in gen_prompt and gen_prompt.startswith("make it night")
+    assert any("lost the previous prompt's content" in n for n in second["notices"])
