@@ -9,6 +9,8 @@ sent back once or twice with the validation error (`max_repairs`), then the stag
 from __future__ import annotations
 
 import base64
+import copy
+import functools
 import json
 import logging
 import time
@@ -78,6 +80,12 @@ def grammar_safe_schema(node: Any) -> Any:
 
 
 def _response_format(schema: type[BaseModel], method: Method) -> dict[str, Any]:
+    # A copy of the cached schema: building one takes pydantic milliseconds on every LLM call.
+    return copy.deepcopy(_cached_response_format(schema, method))
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_response_format(schema: type[BaseModel], method: Method) -> dict[str, Any]:
     json_schema = schema.model_json_schema()
     if method == "json_object":
         return {"type": "json_object", "schema": grammar_safe_schema(json_schema)}

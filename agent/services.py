@@ -43,6 +43,7 @@ class Services:
         self._generator: Generator | None = None
         self._generator_warm: asyncio.Task[Any] | None = None
         self._toolkit: Toolkit | None = None
+        self._chats: dict[tuple[Any, ...], ChatOpenAI] = {}
 
     # -- warm-up ------------------------------------------------------------------------------
     def warm_up(self, settings: Settings | None = None) -> None:
@@ -116,15 +117,27 @@ class Services:
             method = "json_object" if embedded else "json_schema"
         else:
             method = llm.structured_method
-        chat = make_chat_model(
-            base_url=base_url,
-            model=model,
-            api_key=llm.api_key.get_secret_value(),
-            timeout_s=llm.timeout_s,
-            max_retries=llm.max_retries,
-            temperature=llm.temperature,
-            max_tokens=llm.max_tokens,
+        key = (
+            base_url,
+            model,
+            llm.api_key.get_secret_value(),
+            llm.timeout_s,
+            llm.max_retries,
+            llm.temperature,
+            llm.max_tokens,
         )
+        chat = self._chats.get(key)
+        if chat is None:
+            # One client per endpoint and model: its HTTP connections are reused across calls.
+            chat = self._chats[key] = make_chat_model(
+                base_url=base_url,
+                model=model,
+                api_key=key[2],
+                timeout_s=llm.timeout_s,
+                max_retries=llm.max_retries,
+                temperature=llm.temperature,
+                max_tokens=llm.max_tokens,
+            )
         return chat, method
 
     def embedded(self, settings: Settings) -> bool:
