@@ -233,9 +233,9 @@ class Runner:
                     f"{exc} (progress is saved: groundwork run --thread {thread_id} resumes"
                     f"{where} without repeating the finished stages)"
                 )
-            values = dict((await graph.aget_state(config)).values)
-            question = None
             snapshot = await graph.aget_state(config)
+            values = dict(snapshot.values)
+            question = None
             for task in snapshot.tasks:
                 for intr in task.interrupts:
                     value = intr.value
