@@ -121,12 +121,14 @@ async def _generate(
     return result.image.sha256, round(time.perf_counter() - started, 4)
 
 
-class PlainSystem:
-    """The baseline: the prompt exactly as the user wrote it."""
+class _DirectSystem:
+    """An arm that calls the generator itself (no graph): nothing to start, nothing to resume."""
 
     resumable = False
 
-    def __init__(self, config: PlainArm, settings: Settings, shared: SharedServices) -> None:
+    def __init__(
+        self, config: PlainArm | RewriteArm, settings: Settings, shared: SharedServices
+    ) -> None:
         self.name: str = config.name
         self.kind: str = config.kind
         self.settings = settings
@@ -134,6 +136,13 @@ class PlainSystem:
 
     async def start(self) -> None:
         return None
+
+    async def close(self) -> None:
+        await self.services.aclose()
+
+
+class PlainSystem(_DirectSystem):
+    """The baseline: the prompt exactly as the user wrote it."""
 
     async def produce(
         self, prompt: SuitePrompt, key: str, seed: int, *, thread_id: str, resume: bool
@@ -149,9 +158,6 @@ class PlainSystem:
             gen_prompt=prompt.prompt,
             output={"stages": [stage], "usage": {"llm_calls": 0, "tool_calls": 0}},
         )
-
-    async def close(self) -> None:
-        await self.services.aclose()
 
 
 class RewrittenPrompt(BaseModel):
@@ -170,19 +176,8 @@ REWRITE_SYSTEM = (
 )
 
 
-class RewriteSystem:
+class RewriteSystem(_DirectSystem):
     """One LLM call, no tools: what a model knows without research."""
-
-    resumable = False
-
-    def __init__(self, config: RewriteArm, settings: Settings, shared: SharedServices) -> None:
-        self.name: str = config.name
-        self.kind: str = config.kind
-        self.settings = settings
-        self.services = ArmServices(settings, shared)
-
-    async def start(self) -> None:
-        return None
 
     async def produce(
         self, prompt: SuitePrompt, key: str, seed: int, *, thread_id: str, resume: bool
@@ -229,9 +224,6 @@ class RewriteSystem:
                 "grounded": rewritten.model_dump(),
             },
         )
-
-    async def close(self) -> None:
-        await self.services.aclose()
 
 
 class AgentSystem:
