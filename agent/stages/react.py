@@ -608,6 +608,12 @@ async def keeps_ordinal_phrases(run: StageRun) -> tuple[int, str | None]:
     return (caps.max_references or 5) if caps.keeps_ordinal_phrases else 0, None
 
 
+def is_placeholder(text: str) -> bool:
+    """A gen_prompt that is the template's `<...>` slot, not a description."""
+    stripped = text.strip()
+    return stripped.startswith("<") and stripped.endswith(">") and stripped.count("<") == 1
+
+
 async def answer(run: StageRun) -> Result:
     """The policy's answer as a GroundedPrompt, its ordinal phrases resolved for the
     generator."""
@@ -624,6 +630,11 @@ async def answer(run: StageRun) -> Result:
     if not grounded.gen_prompt:
         return _fallback(
             {}, "the policy's answer had an empty gen_prompt", prompt=prompt, goto=None
+        )
+    if is_placeholder(grounded.gen_prompt):
+        # Small models copy the answer template itself ("<the prompt for the image model>").
+        return _fallback(
+            {}, "the policy's answer copied the template's placeholder", prompt=prompt, goto=None
         )
     ids = state.get("image_ids") or {}
     grounded, notices = check_references(

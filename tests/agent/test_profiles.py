@@ -149,3 +149,12 @@ def test_profiles_registry_is_open() -> None:
         assert get_profile(register_profile(custom).name) is custom
     finally:
         PROFILES.pop("gen-searcher-verbatim")
+
+
+def test_a_copied_template_placeholder_is_not_a_prompt() -> None:
+    from agent.stages.react import is_placeholder
+
+    assert is_placeholder("<the prompt for the image model>")
+    assert is_placeholder("  <description>  ")
+    assert not is_placeholder("an orange drone <with> four rotors over a lake")
+    assert not is_placeholder("an orange drone over a lake")
