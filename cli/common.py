@@ -13,8 +13,8 @@ from rich.console import Console
 from rich.markup import escape
 
 from agent.settings import Settings
-from cli.text import plain
 from core.errors import GroundworkError, InputError
+from retrieval.text import clean_text as plain
 
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 R = TypeVar("R")

@@ -26,12 +26,12 @@ from cli.common import EXIT_FAILED, EXIT_INTERRUPTED, guarded, load_settings
 from cli.eval import eval_app
 from cli.kb import kb_app
 from cli.serve import serve
-from cli.text import plain
 from cli.traces import traces_app
 from cli.worker import worker
 from core.errors import GroundworkError, InputError
 from graphs.build import Policy
 from graphs.runner import RunEvent, Runner, RunOutcome
+from retrieval.text import clean_text as plain
 
 app = typer.Typer(
     name="groundwork",

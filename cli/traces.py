@@ -11,9 +11,9 @@ import typer
 from rich.console import Console
 
 from agent.sft import FORMATS, Format, export_runs
-from cli.text import plain
 from core.artifacts import ArtifactStore
 from core.errors import GroundworkError, InputError
+from retrieval.text import clean_text as plain
 
 traces_app = typer.Typer(
     help="Run traces (every LLM and tool call, trace.jsonl in each run folder) as SFT data.",
@@ -32,7 +32,7 @@ def traces() -> None:
 
 
 def _fail(message: object, code: int) -> typer.Exit:
-    err_console.print(f"error: {plain(message)}", soft_wrap=True)
+    err_console.print(f"error: {plain(str(message))}", soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -84,7 +84,7 @@ def export(
         raise _fail(f"{exc.strerror or exc}{where}", EXIT_FAILED) from None
     policies = ", ".join(f"{n} {p}" for p, n in sorted(report.by_policy.items())) or "none"
     console.print(
-        f"wrote {report.written} example(s) ({policies}) to {plain(report.out)}; "
+        f"wrote {report.written} example(s) ({policies}) to {plain(str(report.out))}; "
         f"{report.images} new image file(s); skipped {len(report.skipped)} run(s)",
         soft_wrap=True,
     )

@@ -20,7 +20,7 @@ from typing import Annotated, Any
 
 import typer
 
-from cli.text import plain
+from retrieval.text import clean_text as plain
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
