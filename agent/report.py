@@ -18,6 +18,7 @@ from agent.stages.synthesize import GroundedPrompt
 from agent.state import RunOutput
 from core.artifacts import ArtifactNotFound, ArtifactStore
 from core.errors import GroundworkError, InputError
+from core.files import atomic_write
 from tools.observations import ImageHit, Observation, Passage, SearchHit
 
 
@@ -62,24 +63,6 @@ def make_run_dir(runs_dir: Path, prompt: str, thread_id: str, turn: int = 1) -> 
     raise RunFolderError(f"too many run folders named {base.name}* in {runs_dir}")
 
 
-def atomic_write(path: Path, data: bytes, *, durable: bool = False) -> None:
-    """temp + rename: a reader, or a killed process, never sees half a file. `durable` adds an
-    fsync (for the file that marks the folder complete: run.json), so a power cut cannot leave a
-    run.json that points at data still in the page cache; fsync on every file would cost more
-    than the rest of a run's orchestration."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            if durable:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def write_run(
     run_dir: Path,
     output: dict[str, Any],
@@ -101,6 +84,10 @@ def write_run(
         ) from exc
 
 
+# Only run.json, written last, is fsynced: it marks the folder complete, and an fsync per file
+# would cost more than the rest of a run's orchestration.
+
+
 def _write_run(
     run_dir: Path,
     output: dict[str, Any],
@@ -112,7 +99,9 @@ def _write_run(
 ) -> dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
     marker = run_dir / "INCOMPLETE"
-    atomic_write(marker, b"this run folder is being written; run.json is written last\n")
+    atomic_write(
+        marker, b"this run folder is being written; run.json is written last\n", durable=False
+    )
     image_written = _write_image(run_dir, output, store)
     record: dict[str, Any] = {
         "thread_id": thread_id,
@@ -127,8 +116,10 @@ def _write_run(
     record["round_files"] = _write_round_files(run_dir, output, store)
     if trace is not None:
         lines = "".join(json.dumps(t, default=str, ensure_ascii=False) + "\n" for t in trace)
-        atomic_write(run_dir / "trace.jsonl", lines.encode())
-    atomic_write(run_dir / "dossier.md", render_dossier(record, store, refs).encode())
+        atomic_write(run_dir / "trace.jsonl", lines.encode(), durable=False)
+    atomic_write(
+        run_dir / "dossier.md", render_dossier(record, store, refs).encode(), durable=False
+    )
     atomic_write(
         run_dir / "run.json", json.dumps(record, indent=2, default=str).encode(), durable=True
     )
@@ -145,7 +136,7 @@ def _copy_references(run_dir: Path, ids: dict[str, str], store: ArtifactStore) -
         source = store.path(sha)
         (run_dir / "refs").mkdir(exist_ok=True)
         target = run_dir / "refs" / f"{img_id}{source.suffix}"
-        atomic_write(target, source.read_bytes())
+        atomic_write(target, source.read_bytes(), durable=False)
         copied[img_id] = f"refs/{target.name}"
     return copied
 
@@ -160,7 +151,7 @@ def _write_round_files(
         if sha and store.exists(sha):
             (run_dir / "rounds").mkdir(exist_ok=True)
             files[f"round-{r['round']}"] = name = f"rounds/round-{r['round']}.png"
-            atomic_write(run_dir / name, store.path(sha).read_bytes())
+            atomic_write(run_dir / name, store.path(sha).read_bytes(), durable=False)
     grounded = GroundedPrompt.model_validate(output.get("grounded") or {"gen_prompt": ""})
     if grounded.layout is not None:
         from generators.layout import render_layout
@@ -173,7 +164,7 @@ def _write_round_files(
             fmt="png",
             base_prompt=grounded.gen_prompt,
         )
-        atomic_write(run_dir / "plan.png", png)
+        atomic_write(run_dir / "plan.png", png, durable=False)
         files["plan"] = "plan.png"
     return files
 
@@ -182,12 +173,16 @@ def _write_image(run_dir: Path, output: dict[str, Any], store: ArtifactStore) ->
     image = output.get("image")
     if image is None:
         reason = output.get("error") or "no image was generated"
-        atomic_write(run_dir / "NO_IMAGE.txt", (reason + "\n").encode())
+        atomic_write(run_dir / "NO_IMAGE.txt", (reason + "\n").encode(), durable=False)
         return False
     try:
-        atomic_write(run_dir / "image.png", store.path(image["image"]["sha256"]).read_bytes())
+        atomic_write(
+            run_dir / "image.png", store.path(image["image"]["sha256"]).read_bytes(), durable=False
+        )
     except ArtifactNotFound as exc:
-        atomic_write(run_dir / "NO_IMAGE.txt", f"image artifact missing: {exc}\n".encode())
+        atomic_write(
+            run_dir / "NO_IMAGE.txt", f"image artifact missing: {exc}\n".encode(), durable=False
+        )
         return False
     (run_dir / "NO_IMAGE.txt").unlink(missing_ok=True)
     return True

@@ -11,15 +11,14 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 
 from core.errors import GroundworkError
+from core.files import atomic_write
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -82,13 +81,13 @@ class ArtifactStore:
         d = self._dir(sha)
         path = d / f"{sha}{_EXT.get(media_type, '.bin')}"
         if not path.exists():
-            _atomic_write(path, data)
+            atomic_write(path, data)
         width = height = None
         if meta:
             width, height = meta.get("width"), meta.get("height")
         if meta is not None:
             merged = {**self.meta(sha), **meta, "media_type": media_type}
-            _atomic_write(d / f"{sha}.json", json.dumps(merged, sort_keys=True).encode())
+            atomic_write(d / f"{sha}.json", json.dumps(merged, sort_keys=True).encode())
         return ArtifactRef(
             sha256=sha, uri=path.as_uri(), media_type=media_type, width=width, height=height
         )
@@ -136,17 +135,3 @@ class ArtifactStore:
             width=m.get("width"),
             height=m.get("height"),
         )
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
