@@ -11,15 +11,14 @@ import asyncio
 import hashlib
 import json
 import logging
-import os
 import shutil
-import tempfile
 import time
 import unicodedata
 from pathlib import Path
 from typing import Any, Protocol
 
 from core.errors import GroundworkError
+from core.files import atomic_write
 from tools.settings import ToolSettings
 
 log = logging.getLogger(__name__)
@@ -112,21 +111,13 @@ class DiskCache:
 
     def _set(self, key: str, value: dict[str, Any], ttl_s: int) -> None:
         path = self._path(key)
-        tmp = None
+        data = json.dumps({"expires": time.time() + ttl_s, "value": value}).encode()
         try:
             if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path)  # a folder squatting on the entry's name
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump({"expires": time.time() + ttl_s, "value": value}, f)
-            os.replace(tmp, path)
-            tmp = None
+            atomic_write(path, data, durable=False)  # a lost cache entry is only refetched
         except OSError as exc:
             raise CacheError(f"cannot write tool cache file {path}: {exc}") from exc
-        finally:
-            if tmp is not None:
-                Path(tmp).unlink(missing_ok=True)
 
     async def get(self, key: str) -> dict[str, Any] | None:
         return await asyncio.to_thread(self._get, key)
