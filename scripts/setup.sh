@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
 VENV="${GROUNDWORK_VENV:-.venv}"
 TORCH_SPEC="${GROUNDWORK_TORCH_SPEC:-torch==2.14.1 torchvision==0.29.1}"
-EXTRAS="${GROUNDWORK_EXTRAS:-gen,retrieval,local-llm,eval,serve,dev}"
+EXTRAS="${GROUNDWORK_EXTRAS:-gen,retrieval,local-llm,eval,serve,postgres,s3,tune,dev}"
 
 "$PYTHON" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is required")'
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
