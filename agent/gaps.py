@@ -143,10 +143,87 @@ def zipf(word: str) -> float:
 
 
 def _is_rare(word: str) -> bool:
+    """A word too rare in general English for an image model to know it well.
+
+    Judged on the word's base forms and compound parts, not only its written form: plurals,
+    inflections and compounds of common words ("sunflowers", "teapot", "windowsill") name
+    common things, however rarely the whole word is written."""
     w = word.lower().strip(".-'’")
     if len(w) < 4 or not w.isalpha() or w in _STOP:
         return False
-    return zipf(w) < RARE_ZIPF
+    return not any(zipf(form) >= RARE_ZIPF or _is_compound(form) for form in (w, *_base_forms(w)))
+
+
+COMPOUND_PART_MIN = 3
+"""Shortest part of a compound ("tea" + "pot"); 3-letter parts must be very common (below)."""
+SHORT_PART_ZIPF = 3.7
+"""A 3-letter part counts only from this frequency up (tea 4.73, pot 4.4, mug 3.71): short
+strings are names and abbreviations as often as words. Function words never count as a part
+("theremin" is not "there" + "min"; "gamelan" not "game" + "lan" 3.64)."""
+
+
+def _common_part(part: str) -> bool:
+    if len(part) < COMPOUND_PART_MIN or part in _FUNCTION_WORDS or part in _STOP:
+        return False
+    floor = SHORT_PART_ZIPF if len(part) == COMPOUND_PART_MIN else RARE_ZIPF
+    return zipf(part) >= floor or (
+        len(part) > COMPOUND_PART_MIN + 1 and any(zipf(b) >= floor for b in _base_forms(part))
+    )
+
+
+def _is_compound(word: str) -> bool:
+    """Two common words written as one ("windowsill", "moonbeams")."""
+    n = COMPOUND_PART_MIN
+    return any(
+        _common_part(word[:i]) and _common_part(word[i:]) for i in range(n, len(word) - n + 1)
+    )
+
+
+def _base_forms(word: str) -> tuple[str, ...]:
+    """Candidate base forms of an inflected word: plurals (-s, -es, -ies, -ves), -ing, -ed,
+    comparatives and -ly/-ness derivations. Over-generating is harmless: a form counts only
+    when it is itself a common word."""
+    w = word
+    forms: list[str] = []
+
+    def add(*cands: str) -> None:
+        forms.extend(c for c in cands if len(c) >= 3 and c != w)
+
+    if w.endswith("ies"):
+        add(w[:-3] + "y")
+    if w.endswith("ves"):
+        add(w[:-3] + "f", w[:-3] + "fe")
+    if w.endswith("es") and w[:-2].endswith(("s", "x", "z", "ch", "sh", "o")):
+        add(w[:-2])  # boxes, benches, tomatoes; not "kentes" -> "kent"
+    if w.endswith("s") and not w.endswith("ss"):
+        add(w[:-1])
+    for suffix in ("ing", "ed", "er", "est"):
+        if w.endswith(suffix):
+            stem = w[: -len(suffix)]
+            add(stem, stem + "e")
+            if len(stem) > 2 and stem[-1] == stem[-2]:
+                add(stem[:-1])  # running -> run, stopped -> stop
+            if stem.endswith("i"):
+                add(stem[:-1] + "y")  # carried -> carry, fluffier -> fluffy
+    if w.endswith("ness"):
+        add(w[:-4], w[:-5] + "y" if w.endswith("iness") else "")
+    if w.endswith("ly"):
+        add(*_adverb_bases(w))
+    return tuple(dict.fromkeys(forms))
+
+
+def _adverb_bases(w: str) -> tuple[str, ...]:
+    """What an -ly word would come from: happily -> happy, gently -> gentle, truly -> true,
+    fully -> full, quickly -> quick."""
+    if w.endswith("ily"):
+        return (w[:-3] + "y",)
+    if w.endswith("uly"):
+        return (w[:-2] + "e",)
+    if w.endswith("lly"):
+        return (w[:-1], w[:-2])
+    if len(w) > 3 and w[-3] in "bptdgkz":
+        return (w[:-1] + "e", w[:-2])  # nobly -> noble, softly -> soft
+    return (w[:-2],)
 
 
 def _is_model_token(word: str) -> bool:
@@ -195,10 +272,24 @@ def find_candidates(prompt: str) -> list[Candidate]:
             spans.append((tok.start(), tokens[j].end(), "proper_noun"))
             i = j + 1
             continue
-        if _is_rare(word):
+        if _is_rare(word) and not _verb_shaped(prompt, tokens, i):
             spans.append((tok.start(), tok.end(), "rare_word"))
         i += 1
     return _merge(prompt, spans, tokens)
+
+
+def _verb_shaped(prompt: str, tokens: list[re.Match[str]], i: int) -> bool:
+    """A rare word that is a verb or adverb by its shape and place, not a thing to look up:
+    an -ly word ("drowsily"), or an -s/-ed/-ing word that takes an object ("Hendrix strums a
+    guitar"). Merged into the name before it, it would make the query "Jimi Hendrix strums"."""
+    w = tokens[i].group().lower()
+    if w.endswith("ly"):
+        return True
+    if not w.endswith(("s", "ed", "ing")) or i + 1 >= len(tokens):
+        return False
+    nxt = tokens[i + 1]
+    joined = not prompt[tokens[i].end() : nxt.start()].strip()
+    return joined and nxt.group().lower() in _OBJECT_STARTS
 
 
 def _merge(
@@ -234,20 +325,185 @@ def _merge(
     return out
 
 
+def _wordset(text: str) -> frozenset[str]:
+    return frozenset(text.split())
+
+
+_FUNCTION_WORDS = _wordset(
+    """
+    about above across after against along amid among around as at before behind below beneath
+    beside besides between beyond by despite down during except for from in inside into like
+    near next of off on onto opposite out outside over past per since than through throughout
+    till to toward towards under underneath unlike until up upon via with within without
+    and or but nor so yet because although though unless whereas whether if then once
+    when whenever where wherever while who whom whose which what whatever why how that
+    i me you he him she her it we us they them myself himself herself itself themselves
+    my your his its our their mine yours hers ours theirs this these those there here
+    a an the some any each every no all both either neither several many much more most few
+    is are was were be been being am has have had having do does did doing done
+    can could will would shall should may might must ought not never
+    very just also only even still often always sometimes usually again already almost
+    soon now today tonight together alone else ever quite rather too instead perhaps maybe
+    away back forth around apart
+    """
+)
+"""Closed-class words: prepositions, conjunctions, relative and question words, pronouns,
+determiners, auxiliaries, modals and adverbs that do not end in -ly. None is a head noun."""
+
+_IRREGULAR_PAST = _wordset(
+    """
+    arose ate awoke beat became began bent bit blew broke brought built burnt bought caught
+    chose clung came crept cut dealt dug dove drew dreamt drank drove fell fed felt fought found
+    fled flung flew forgot froze got gave went ground grew hung heard hid hit held hurt kept
+    knelt knew laid led leapt left lent let lay lit lost made meant met paid put quit read rode
+    rang rose ran said saw sought sold sent set shook shone shot showed shrank shut sang sank sat
+    slept slid slung spoke sped spent spun spread sprang stood stole stuck stung strode struck
+    swore swept swam swung took taught tore told thought threw understood woke wore wove wept
+    won wound wrote begun broken chosen driven eaten fallen flown forgotten frozen given gone
+    grown hidden known ridden risen seen shaken shown spoken stolen sworn swum taken thrown
+    woken worn woven written
+    """
+)
+"""Irregular past forms, which the -ed rule cannot see."""
+
+_STILL_VERBS = _wordset(
+    """
+    stand sit lie lean rest hang float fly hover rise loom tower glow shine gleam glitter sparkle
+    shimmer twinkle burn blaze flicker overlook dominate span stretch walk run jump dance sing
+    perform pose wait look stare gaze smile laugh cry wave swim climb fall grow bloom sleep
+    sail emerge appear seem remain stay
+    """
+)
+"""Intransitive verbs that follow a named subject in image prompts ("the Eiffel Tower glows
+at night", "the Beatles perform live"): their -s and base forms are never a head noun. Their
+-ing forms can be ("running shoes") unless nothing follows ("Scotland standing")."""
+_ACTION_VERBS = _wordset(
+    """
+    hold carry wear ride drive play eat drink read write paint draw sing perform throw kick
+    hug kiss strum pluck swing lift push pull grab catch
+    """
+)
+"""Verbs that take an object: their -s and -ing forms are never a head noun ("Hendrix plays
+guitar", "Monroe wearing sunglasses"). Transitive verbs outside this list are caught by what
+follows them (an article or pronoun: "Hendrix strums a guitar")."""
+_BASE_VERBS = _STILL_VERBS - _wordset("rest fall run walk wave span look sail tower")
+"""Base forms that are verbs after a plural name ("the Beatles perform"); the ones left out are
+nouns as often ("Nike run", "Eiffel tower")."""
+
+_OBJECT_STARTS = _wordset(
+    "a an the this that these those my your his her its our their him them me us it"
+)
+"""Words that begin a verb's object: a word directly before one is a verb, not a head noun."""
+
+
+def _is_adverb(w: str) -> bool:
+    return (
+        len(w) > 4
+        and w.endswith("ly")
+        and any(len(b) >= 4 and zipf(b) >= RARE_ZIPF for b in _adverb_bases(w))
+    )
+
+
+def _is_past(w: str) -> bool:
+    if w in _IRREGULAR_PAST:
+        return True
+    if not w.endswith("ed") or w.endswith("eed") or len(w) < 5:
+        return False
+    bases = [w[:-2], w[:-1]]
+    if w[-3] == w[-4]:
+        bases.append(w[:-3])  # stopped -> stop
+    if w.endswith("ied"):
+        bases.append(w[:-3] + "y")  # carried -> carry
+    return any(len(b) >= 3 and zipf(b) >= RARE_ZIPF for b in bases)
+
+
+def _is_verb_form(w: str) -> bool:
+    """`w` is the -s form of a listed verb, the -ing form of an action verb, or the base form of
+    a verb that is rarely a noun ("glows", "holding", "perform"; not "running" or "watch")."""
+    if w in _BASE_VERBS:
+        return True
+    singular = [w[:-3] + "y"] if w.endswith("ies") else []
+    singular += [w[:-2], w[:-1]] if w.endswith("es") else [w[:-1]] if w.endswith("s") else []
+    if any(c in _STILL_VERBS or c in _ACTION_VERBS for c in singular):
+        return True
+    if w.endswith("ing"):
+        stem = w[:-3]
+        cands = [stem, stem + "e", stem[:-1]] + ([stem[:-1] + "ie"] if stem.endswith("y") else [])
+        return any(c in _ACTION_VERBS for c in cands)
+    return False
+
+
+def _can_head(word: str, following: str) -> bool:
+    """Whether `word`, right after a span and before `following`, can be (part of) the span's
+    head noun. Function words, adverbs, past forms and verbs cannot; a word directly before an
+    article or pronoun is a verb taking an object."""
+    w = word.lower()
+    if not w.isalpha() or w in _FUNCTION_WORDS or w in _STOP - {"style"}:
+        return False
+    if _is_adverb(w) or _is_past(w) or _is_verb_form(w):
+        return False
+    return following.lower() not in _OBJECT_STARTS
+
+
+HEAD_WORDS = 2
+"""At most this many common words after a span say what it is ("folding drone")."""
+
+
 def _head(prompt: str, end: int, tokens: list[re.Match[str]], *, quoted: bool, start: int) -> str:
+    """The span's head noun: the common words right after it that say what it is ("Zephyr X1
+    folding drone"), never a verb, adverb, conjunction, preposition or relative word ("Jimi
+    Hendrix famously played", "Golden Gate Bridge when", "Scotland standing" have none), and
+    never ending in an -ing word ("Scotland dancing")."""
     if quoted and _TEXT_CUES.search(prompt[:start].rstrip(" \"“'«").lower()):
         return "text"
+    after = [t for t in tokens if t.start() >= end]
     words: list[str] = []
-    for tok in tokens:
-        if tok.start() < end:
-            continue
+    for k, tok in enumerate(after[:HEAD_WORDS]):
+        if k and prompt[after[k - 1].end() : tok.start()].strip():
+            break  # punctuation ends the noun phrase: "Zephyr X1, drone"
         w = tok.group()
-        if w.lower() in _STOP - {"style"} or w[:1].isupper() or len(words) == 2:
+        joined = k + 1 < len(after) and not prompt[tok.end() : after[k + 1].start()].strip()
+        following = after[k + 1].group() if joined else ""
+        if k == 0 and prompt[end : tok.start()].strip(" \"“”'’«»"):
+            break
+        if w[:1].isupper() or not _can_head(w, following):
             break
         words.append(w.lower())
         if w.lower() == "style":
             break
+    while words and words[-1].endswith("ing"):
+        words.pop()
     return " ".join(words)
+
+
+MAX_QUERY_WORDS = 10
+MAX_FOREIGN_WORDS = 3
+"""A weak model's query may add this many words the prompt does not have ("specs", "review")."""
+_QUERY_CHARS = re.compile(r"^[\w\s'’&,.:()+-]+$")
+_FILE_OR_DOMAIN = re.compile(r"[\w-]{2,}\.[a-z][a-z0-9]{1,4}(?!\w)|www\.|://", re.IGNORECASE)
+_QUERY_COMMON = frozenset({"the", "a", "an", "of", "in", "on", "at", "and", "for", "to", "with"})
+
+
+def grounded_query(query: str, span: str, prompt: str) -> bool:
+    """A weak model's search query worth running for its span: plain words (no path, URL, file
+    or domain name, no markup), most of the span's words, and at most a few words the prompt
+    does not contain. Everything else is the model talking to itself ("images/mother-child.jpg",
+    "best pizza")."""
+    q = " ".join(query.split())
+    if not q or not _QUERY_CHARS.match(q) or _FILE_OR_DOMAIN.search(q):
+        return False
+    words = [w.strip(".,:()'’") for w in fold(q).split()]
+    words = [w for w in words if w]
+    if not words or len(words) > MAX_QUERY_WORDS:
+        return False
+    span_words = {w.strip(".,:()'’") for w in fold(span).split()} - _QUERY_COMMON - {""}
+    if not span_words:
+        return False
+    covered = sum(1 for w in span_words if occurs_in(w, q))
+    if covered * 2 < len(span_words):
+        return False
+    foreign = [w for w in words if w not in _QUERY_COMMON and not occurs_in(w, prompt)]
+    return len(foreign) <= MAX_FOREIGN_WORDS
 
 
 def fold(text: str) -> str:
@@ -256,5 +512,8 @@ def fold(text: str) -> str:
 
 
 def occurs_in(span: str, prompt: str) -> bool:
+    """The span's words stand in the prompt as whole words ("Japan" is not in "Japanese")."""
     folded = fold(span).strip(" .,'\"")
-    return bool(folded) and folded in fold(prompt)
+    if not folded:
+        return False
+    return re.search(rf"(?<!\w){re.escape(folded)}(?!\w)", fold(prompt)) is not None

@@ -184,6 +184,12 @@ async def invoke(runnable: Any, messages: list[BaseMessage], llm: ChatOpenAI) ->
         raise LLMError(f"the LLM endpoint {where} refused the API key: {exc}") from exc
     except openai.APIStatusError as exc:
         raise LLMError(f"the LLM endpoint {where} answered HTTP {exc.status_code}: {exc}") from exc
+    except openai.LengthFinishReasonError as exc:
+        # A reply cut at max_tokens is no answer: callers degrade as for any failed call.
+        raise LLMError(
+            f"the reply of {where} was cut at its length limit ({llm.max_tokens} tokens); raise "
+            "GROUNDWORK_LLM__MAX_TOKENS or use a model that answers more briefly"
+        ) from exc
 
 
 def image_data_url(png_bytes: bytes, media_type: str = "image/png") -> str:

@@ -2,7 +2,7 @@
 come back to it, and how its replies are parsed.
 
 A trained policy only performs as trained when it reads and writes what it saw in training
-(/work/shared/PEERS.md). A profile is data (system prompt layout, result layouts, the
+(Gen-Searcher's agent module). A profile is data (system prompt layout, result layouts, the
 forced-final message) plus one small parser shared by all, not a fork of the policy:
 
 - `openai`: OpenAI tool calling for general LLMs (it also reads `<tool_call>` text from servers
@@ -20,19 +20,24 @@ that has the trained system prompt verbatim can register it with
 
 from __future__ import annotations
 
+import ast
+import dataclasses
+import functools
 import json
+import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
+from pathlib import Path
 from typing import Any, Literal
 
 import json5
 
 from core.errors import InputError
 from tools.observations import ImageHit, Observation, Passage, SearchHit
+from tools.registry import ALL_TOOLS, GEN_SEARCHER_TOOLS
 from tools.render import render_observations, untrusted
-from tools.schemas import ALL_TOOLS, GEN_SEARCHER_TOOLS
 
 Message = dict[str, Any]
 
@@ -163,6 +168,8 @@ class RenderContext:
     """Web text shown per tool result (settings.agent.observation_chars)."""
     local_path: Callable[[ImageHit], str] = field(default=lambda hit: f"refs/{hit.img_id}.png")
     """What an image's `local_path:` line says (the run folder's copy of it)."""
+    max_listed_images: int = 10
+    """Image results listed per image_search call (the profile's `max_listed_images`)."""
 
 
 Renderer = Callable[[ToolRequest, list[Observation], RenderContext], tuple[str, list[str]]]
@@ -188,7 +195,8 @@ def _gs_render(
 ) -> tuple[str, list[str]]:
     """Gen-Searcher's result layouts: `--- ... result for [query] ---` blocks."""
     if call.name == "image_search":
-        return _gs_images(observations, ctx), image_shas(observations)
+        text, listed = _gs_images(observations, ctx)
+        return text, [h.sha256 for h in listed if h.sha256]
     parts: list[str] = []
     for obs in observations:
         if not obs.ok:
@@ -213,20 +221,20 @@ def _gs_render(
     return _cut("\n\n".join(parts), ctx.budget_chars), []
 
 
-def _gs_images(observations: list[Observation], ctx: RenderContext) -> str:
+def _gs_images(observations: list[Observation], ctx: RenderContext) -> tuple[str, list[ImageHit]]:
+    """Upstream's layout exactly: a header line naming the query, per image an `IMG_###:
+    title:` line with indented url/local_path/page_url lines, an end line; nothing else (an
+    empty result is the header and the end line). At most `ctx.max_listed_images` listed."""
     lines: list[str] = []
+    listed: list[ImageHit] = []
     for obs in observations:
         query = untrusted(obs.query, 200)
         if not obs.ok:
             lines.append(f"[Tool Error]: {untrusted(obs.error or 'image search failed', 500)}")
             continue
-        hits = [i for i in obs.items if isinstance(i, ImageHit)]
-        if not hits:
-            lines.append(
-                f"No image results found for '{query}'. Retry image_search with a short query "
-                "(at most 3 words) naming only the main visual subject."
-            )
-            continue
+        room = max(0, ctx.max_listed_images - len(listed))
+        hits = [i for i in obs.items if isinstance(i, ImageHit)][:room]
+        listed.extend(hits)
         lines.append(f"--- image search result for [{query}] ---")
         for hit in hits:
             lines.append(f"{hit.img_id}: title: {untrusted(hit.title, 200) or 'image'}")
@@ -235,7 +243,7 @@ def _gs_images(observations: list[Observation], ctx: RenderContext) -> str:
             if hit.source_url:
                 lines.append(f"  page_url: {untrusted(hit.source_url, 300)}")
         lines.append("--- end of image search result ---")
-    return "\n".join(lines)
+    return "\n".join(lines), listed
 
 
 # -- profiles -------------------------------------------------------------------------------------
@@ -268,11 +276,52 @@ class Profile:
     """Images attached to results: None follows settings.llm.policy_vision."""
     images_first: bool = False
     """Image parts before the text in a user turn (Qwen-VL's layout)."""
-    max_images: int = 5
-    """Images attached per tool turn; the rest are text only."""
+    max_attached_images: int = 5
+    """Images attached per tool turn as image inputs; the rest are text only."""
+    max_listed_images: int = 10
+    """Image results listed (text) per image_search call (Gen-Searcher parses up to 10)."""
+    llm_call_budget: int | None = None
+    """Policy LLM calls per run (Gen-Searcher: 9). When they are used up the `forced_final`
+    message is sent and one last answer turn is allowed. None: the tool budget alone counts."""
+    truncated_message: str | None = None
+    """Sent (as a user turn) after a reply cut by max_tokens; a second truncation in a row ends
+    the loop. None: a truncated reply is treated like any unusable reply."""
+    stop_on_repeat: bool = False
+    """A reply identical to the previous one ends the loop ("repeated response")."""
+    cut_after_tool_response: bool = True
+    """Text after a `<tool_response>` the model wrote in its own reply is dropped before the
+    turn is kept (it invents results)."""
+    source: str = "groundwork"
+    """Where the wording came from: "groundwork" (ours) or the upstream module's path."""
+    tool_descriptions: tuple[tuple[str, str], ...] = ()
+    """(tool name, description) as the upstream module words them; empty for ours."""
+
+    @property
+    def max_images(self) -> int:
+        """The former name of `max_attached_images`."""
+        return self.max_attached_images
 
     def parse(self, content: str, *, turn: int) -> Parsed:
         return parse_text_protocol(content, turn=turn)
+
+    def keep_reply(self, content: str) -> str:
+        """The assistant turn as it is kept in the conversation (upstream: cut before a
+        self-written `<tool_response>`, then stripped)."""
+        if self.cut_after_tool_response and "<tool_response>" in content:
+            content = content.split("<tool_response>", 1)[0]
+        return content.strip() if self.cut_after_tool_response else content
+
+    def render_tool_result(
+        self, call: ToolRequest, observations: list[Observation], ctx: RenderContext
+    ) -> tuple[str, list[str]]:
+        """The one renderer of a tool's result text (every web string through `untrusted()`),
+        wrapped as the model sees it, and the sha256s of the images it returned."""
+        text, shas = self.render(call, observations, ctx)
+        return self.wrap(text), shas
+
+    def render_tool_error(self, error: str) -> str:
+        """A tool failure, as the model sees it (wrapped; the text through `untrusted()`)."""
+        return self.wrap(self.tool_error(error))
 
 
 def _openai_system(tools: list[dict[str, Any]], today: date, cap: int) -> str:
@@ -297,7 +346,7 @@ OPENAI = Profile(
     system=_openai_system,
     user=lambda prompt: f"Image prompt: {prompt}",
     render=_render_blocks,
-    tool_error=lambda error: f"Tool error: {error}",
+    tool_error=lambda error: f"Tool error: {untrusted(error, 1000)}",
     wrap=lambda text: text,
     result_role="tool",
     forced_final=(
@@ -309,6 +358,7 @@ OPENAI = Profile(
         f"That reply could not be used: {error}. Call a tool, or give the final answer as "
         f"<answer>{ANSWER_SPEC}</answer>."
     ),
+    cut_after_tool_response=False,
 )
 
 
@@ -382,7 +432,7 @@ GEN_SEARCHER = Profile(
     system=_gs_system,
     user=lambda prompt: prompt,
     render=_gs_render,
-    tool_error=lambda error: f"[Tool Error]: {error}",
+    tool_error=lambda error: f"[Tool Error]: {untrusted(error, 1000)}",
     wrap=lambda text: f"<tool_response>\n{text}\n</tool_response>",
     result_role="user",
     forced_final=(
@@ -400,6 +450,17 @@ GEN_SEARCHER = Profile(
     one_call_per_turn=True,
     vision=True,
     images_first=True,
+    max_attached_images=5,
+    max_listed_images=10,
+    llm_call_budget=9,
+    truncated_message=(
+        "=== RESPONSE TOO LONG ===\n"
+        "Your last reply hit the length limit and was cut off (TRUNCATED). Be far shorter.\n"
+        "No <think> this time: reply with only <tool_call>{json}</tool_call> or "
+        "<answer>{json}</answer>. If a tool call no longer fits, answer with what you have."
+    ),
+    stop_on_repeat=True,
+    cut_after_tool_response=True,
 )
 
 PROFILES: dict[str, Profile] = {}
@@ -414,14 +475,196 @@ for _p in (OPENAI, GEN_SEARCHER):
     register_profile(_p)
 
 
-def get_profile(name: str) -> Profile:
+def get_profile(name: str, source: str | Path | None = None) -> Profile:
+    """A registered profile. `gen-searcher` with a `source` (or written `gen-searcher@PATH`)
+    takes its wording from the Gen-Searcher checkout at PATH (`upstream_profile`)."""
+    base, sep, where = name.partition("@")
+    if sep and where:
+        source = source or where
+        name = base
     try:
-        return PROFILES[name]
+        profile = PROFILES[name]
     except KeyError:
         raise InputError(
             f"unknown react profile {name!r}; available: {', '.join(sorted(PROFILES))} "
             "(--profile or GROUNDWORK_AGENT__REACT_PROFILE)"
         ) from None
+    if source is not None and name == GEN_SEARCHER.name:
+        return upstream_profile(str(source))
+    return profile
+
+
+# -- Gen-Searcher's own wording, read from a checkout (never executed) ----------------------------
+UPSTREAM_MODULE = (
+    "Gen-DeepResearch-RL/rllm/vision_deepresearch_async_workflow/gen_image_deepresearch_agent.py"
+)
+"""Where Gen-Searcher's image agent lives inside its repository."""
+UPSTREAM_SYSTEM = "SYSTEM_PROMPT_GEN_IMAGE"
+UPSTREAM_FINAL = "FINAL_MESSAGE"
+UPSTREAM_BUDGET_ENV = "MAX_LLM_CALL_PER_RUN"
+UPSTREAM_ATTACHED = "MAX_IMAGES_PER_SEARCH_FOR_MODEL"
+_TOOL_LINE = re.compile(r"^\{.*\}$")
+_MAX_MODULE_BYTES = 2_000_000
+
+log = logging.getLogger(__name__)
+
+
+class UpstreamError(InputError):
+    """The Gen-Searcher checkout cannot be read (missing, not the module we expect)."""
+
+
+@dataclass(frozen=True)
+class UpstreamText:
+    """The wording of Gen-Searcher's agent module, read with `ast` (never imported)."""
+
+    path: Path
+    system: str
+    final_message: str
+    truncated_message: str | None = None
+    invalid_format: str | None = None
+    tool_descriptions: tuple[tuple[str, str], ...] = ()
+    llm_call_budget: int | None = None
+    max_attached_images: int | None = None
+
+
+def _literal_str(node: ast.AST) -> str | None:
+    """A string literal, a `+` of literals or a `"...".strip()` of one; None otherwise."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return node.value
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
+        left, right = _literal_str(node.left), _literal_str(node.right)
+        return None if left is None or right is None else left + right
+    if (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr in ("strip", "lstrip", "rstrip")
+        and not node.args
+    ):
+        inner = _literal_str(node.func.value)
+        return None if inner is None else getattr(inner, node.func.attr)()
+    return None
+
+
+def find_upstream_module(checkout: Path) -> Path:
+    if checkout.is_file():
+        return checkout
+    direct = checkout / UPSTREAM_MODULE
+    if direct.is_file():
+        return direct
+    found = sorted(checkout.rglob(Path(UPSTREAM_MODULE).name)) if checkout.is_dir() else []
+    if found:
+        return found[0]
+    raise UpstreamError(
+        f"no Gen-Searcher agent module under {checkout} (looked for {UPSTREAM_MODULE}); point "
+        "at a checkout of tulerfeng/Gen-Searcher or at the module file itself"
+    )
+
+
+def parse_upstream(checkout: Path) -> UpstreamText:
+    """Gen-Searcher's system prompt, final message, truncation and format messages, tool
+    descriptions and budgets, from its agent module's syntax tree (nothing is executed)."""
+    module = find_upstream_module(checkout)
+    try:
+        if module.stat().st_size > _MAX_MODULE_BYTES:
+            raise UpstreamError(f"{module} is larger than {_MAX_MODULE_BYTES} bytes")
+        tree = ast.parse(module.read_text(encoding="utf-8"), filename=str(module))
+    except (OSError, SyntaxError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise UpstreamError(f"cannot read {module} as Python source: {exc}") from exc
+    constants: dict[str, str] = {}
+    ints: dict[str, int] = {}
+    assigned: list[tuple[str, str]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and len(node.targets) == 1:
+            target = node.targets[0]
+            if not isinstance(target, ast.Name):
+                continue
+            text = _literal_str(node.value)
+            if text is not None:
+                assigned.append((target.id, text))
+                if node in tree.body:
+                    constants[target.id] = text
+            elif isinstance(node.value, ast.Constant) and isinstance(node.value.value, int):
+                ints[target.id] = node.value.value
+    budget: int | None = None
+    for node in ast.walk(tree):  # os.environ.get("MAX_LLM_CALL_PER_RUN", "9")
+        if (
+            isinstance(node, ast.Call)
+            and len(node.args) == 2
+            and _literal_str(node.args[0]) == UPSTREAM_BUDGET_ENV
+        ):
+            default = _literal_str(node.args[1])
+            if default is not None and default.strip().isdigit():
+                budget = int(default)
+    system = constants.get(UPSTREAM_SYSTEM)
+    final = constants.get(UPSTREAM_FINAL)
+    if system is None or final is None:
+        missing = [n for n in (UPSTREAM_SYSTEM, UPSTREAM_FINAL) if n not in constants]
+        raise UpstreamError(
+            f"{module} has no string constant {', '.join(missing)}: not the Gen-Searcher "
+            "agent module this profile knows (or its layout changed)"
+        )
+    truncated = next(
+        (t for name, t in assigned if name != UPSTREAM_SYSTEM and "TOO LONG" in t), None
+    )
+    invalid = next(
+        (t for name, t in assigned if name != UPSTREAM_SYSTEM and "Invalid format" in t), None
+    )
+    return UpstreamText(
+        path=module,
+        system=system,
+        final_message=final,
+        truncated_message=truncated,
+        invalid_format=invalid,
+        tool_descriptions=_tool_descriptions(system),
+        llm_call_budget=budget,
+        max_attached_images=ints.get(UPSTREAM_ATTACHED),
+    )
+
+
+def _tool_descriptions(system: str) -> tuple[tuple[str, str], ...]:
+    block = system.split("<tools>", 1)[-1].split("</tools>", 1)[0]
+    out: list[tuple[str, str]] = []
+    for line in block.splitlines():
+        line = line.strip()
+        if not _TOOL_LINE.match(line):
+            continue
+        try:
+            spec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        fn = spec.get("function", spec) if isinstance(spec, dict) else {}
+        if isinstance(fn, dict) and isinstance(fn.get("name"), str):
+            out.append((fn["name"], str(fn.get("description", ""))))
+    return tuple(out)
+
+
+def profile_from_upstream(text: UpstreamText, base: Profile | None = None) -> Profile:
+    """The gen-searcher profile with upstream's words: its system prompt verbatim with
+    today's date appended (as upstream does), its final, truncation and format messages."""
+    base = base or GEN_SEARCHER
+    invalid = text.invalid_format
+    return dataclasses.replace(
+        base,
+        system=lambda tools, today, cap: text.system + today.isoformat(),
+        forced_final=text.final_message,
+        truncated_message=text.truncated_message or base.truncated_message,
+        invalid_format=(lambda error: invalid) if invalid else base.invalid_format,
+        llm_call_budget=text.llm_call_budget or base.llm_call_budget,
+        max_attached_images=text.max_attached_images or base.max_attached_images,
+        source=str(text.path),
+        tool_descriptions=text.tool_descriptions,
+    )
+
+
+@functools.lru_cache(maxsize=8)
+def upstream_profile(checkout: str) -> Profile:
+    """The gen-searcher profile in upstream's words from the checkout at `checkout`; ours,
+    with a warning, when it cannot be read."""
+    try:
+        return profile_from_upstream(parse_upstream(Path(checkout).expanduser()))
+    except UpstreamError as exc:
+        log.warning("gen-searcher profile: using Groundwork's own wording: %s", exc)
+        return dataclasses.replace(GEN_SEARCHER, source=f"groundwork (fallback: {exc})")
 
 
 # -- ordinal references ---------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from langchain_core.messages import BaseMessage
 from langchain_openai import ChatOpenAI
@@ -21,7 +21,7 @@ from pydantic import BaseModel
 
 from agent.embedded_llm import EmbeddedLLMServer
 from agent.llm import LLMObserver, Method, make_chat_model, structured_call
-from agent.settings import ROLES, Role, Settings
+from agent.settings import Role, Settings, role_spec
 from agent.trace import Tracer
 from core.artifacts import ArtifactStore
 from core.errors import GroundworkError
@@ -49,7 +49,7 @@ class Services:
     def warm_up(self, settings: Settings | None = None) -> None:
         """Start what is slow to start, in the background; idempotent and never raises here."""
         settings = settings or self.settings
-        if not settings.llm.base_url:
+        if settings.llm.uses_embedded():
             self._embedded_start(settings)
         if settings.generator.backend == "inprocess":
             generator = self.generator()
@@ -79,18 +79,18 @@ class Services:
             self._embedded_task.add_done_callback(_swallow_here)
         return self._embedded_task
 
-    async def _endpoint(self, role: Role, settings: Settings) -> tuple[str, str, bool]:
-        """(base_url, model, embedded) for a role: the embedded server serves one model."""
-        llm = settings.llm
-        if ROLES[role] == "vision":
+    async def _endpoint(self, role: Role, settings: Settings) -> tuple[str, str, str, bool]:
+        """(base_url, model, api_key, embedded) for a role (`LLMSettings.endpoint_for`): the
+        embedded server serves one model."""
+        endpoint = settings.llm.endpoint_for(role)
+        if role_spec(role).vision:
             reason = self.critique_configured(settings)
             if reason is not None:
                 raise GroundworkError(reason)
-            return str(llm.base_url_for(role)), llm.model_for(role), False
-        if llm.base_url:
-            return llm.base_url, llm.model_for(role), False
+        if endpoint.base_url:
+            return endpoint.base_url, endpoint.model, endpoint.api_key, False
         server = await asyncio.shield(self._embedded_start(settings))
-        return server.base_url, server.model_name, True
+        return server.base_url, server.model_name, endpoint.api_key, True
 
     def critique_configured(self, settings: Settings) -> str | None:
         """None when the vision roles can run, else the reason they cannot (shown once)."""
@@ -108,10 +108,19 @@ class Services:
             )
         return None
 
+    def judge_method(self, settings: Settings) -> Literal["vlm", "clip"] | None:
+        """Who can judge best-of-N candidates: the VLM when one is configured, else CLIP when a
+        model is set, else none (generate then makes one image)."""
+        if self.critique_configured(settings) is None:
+            return "vlm"
+        if settings.retrieval.clip_model:
+            return "clip"
+        return None
+
     async def chat_model(self, role: Role, settings: Settings) -> tuple[ChatOpenAI, Method]:
         """The chat client for a role, and how structured output is asked of it."""
         llm = settings.llm
-        base_url, model, embedded = await self._endpoint(role, settings)
+        base_url, model, api_key, embedded = await self._endpoint(role, settings)
         method: Method
         if llm.structured_method == "auto":
             method = "json_object" if embedded else "json_schema"
@@ -120,7 +129,7 @@ class Services:
         key = (
             base_url,
             model,
-            llm.api_key.get_secret_value(),
+            api_key,
             llm.timeout_s,
             llm.max_retries,
             llm.temperature,
@@ -140,8 +149,9 @@ class Services:
             )
         return chat, method
 
-    def embedded(self, settings: Settings) -> bool:
-        return not settings.llm.base_url
+    def embedded(self, settings: Settings, role: Role = "analyze") -> bool:
+        """Whether `role` is served by the embedded llama.cpp server (a weak model)."""
+        return settings.llm.endpoint_for(role).base_url is None
 
     async def structured(
         self,

@@ -25,6 +25,7 @@ import binascii
 import hashlib
 import json
 import re
+import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -33,16 +34,16 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
+from agent.contracts import GroundedPrompt
 from agent.profiles import OPENAI, RenderContext, ToolRequest, parse_text_protocol, tools_block
-from agent.settings import AgentSettings
-from agent.stages.synthesize import GroundedPrompt
-from agent.trace import read_trace
+from agent.settings import AgentSettings, Policy
 from core.artifacts import ArtifactNotFound, ArtifactStore
 from core.errors import GroundworkError, InputError
 from tools.observations import Observation, Passage
-from tools.schemas import ALL_TOOLS, GEN_SEARCHER_TOOLS, tool_specs
+from tools.registry import ALL_TOOLS, GEN_SEARCHER_TOOLS, tool_specs
 
 Format = Literal["openai", "sharegpt"]
+ImageMode = Literal["data", "url", "files"]
 FORMATS: tuple[Format, ...] = ("openai", "sharegpt")
 IMAGES_DIR = "images"
 
@@ -93,7 +94,7 @@ class Conversation:
     turns: list[Turn]
     tools: list[dict[str, Any]]
     source: str
-    policy: Literal["planned", "react"]
+    policy: Policy
 
 
 def _parts(content: Any) -> list[Part]:
@@ -288,23 +289,94 @@ def matched(record: dict[str, Any]) -> bool:
 
 
 def run_folders(runs_dir: Path) -> list[Path]:
-    """`runs_dir` itself when it is a run folder, else its run folders (finished ones)."""
+    """`runs_dir` itself when it is a run folder, else its run folders (finished ones). A
+    folder that is a symlink out of `runs_dir` is not one of them."""
     if (runs_dir / "run.json").is_file():
         return [runs_dir]
+    root = runs_dir.resolve()
     return sorted(
         p
         for p in runs_dir.iterdir()
-        if (p / "run.json").is_file() and not (p / "INCOMPLETE").exists()
+        if _inside(p, root) and (p / "run.json").is_file() and not (p / "INCOMPLETE").exists()
     )
+
+
+# -- reading a run folder safely ------------------------------------------------------------------
+MAX_RUN_JSON_BYTES = 16 * 1024 * 1024
+MAX_TRACE_BYTES = 256 * 1024 * 1024
+MAX_IMAGE_BYTES = 64 * 1024 * 1024
+
+
+def _inside(path: Path, root: Path) -> bool:
+    """`path` resolves (symlinks followed) to somewhere under `root`."""
+    try:
+        return path.resolve().is_relative_to(root)
+    except (OSError, RuntimeError):  # a symlink loop
+        return False
+
+
+def read_capped(path: Path, root: Path, limit: int) -> bytes:
+    """A regular file under `root` (never through a symlink out of it, never a device such
+    as /dev/zero), at most `limit` bytes: anything else is a SkipRun saying why."""
+    if not _inside(path, root.resolve()):
+        raise SkipRun(f"{path.name} points outside the run folder (symlink): not read")
+    try:
+        st = path.stat()
+    except OSError as exc:
+        raise SkipRun(f"{path.name} unreadable: {exc.strerror or exc}") from exc
+    if not stat.S_ISREG(st.st_mode):
+        raise SkipRun(f"{path.name} is not a regular file: not read")
+    if st.st_size > limit:
+        raise SkipRun(f"{path.name} is {st.st_size} bytes, over the {limit}-byte cap")
+    with path.open("rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise SkipRun(f"{path.name} grew past the {limit}-byte cap while read")
+    return data
+
+
+def loads_bounded(text: str | bytes) -> Any:
+    """JSON with nesting bounded by the interpreter's recursion guard: too deep is a
+    ValueError, never a RecursionError traceback."""
+    try:
+        return json.loads(text)
+    except RecursionError as exc:
+        raise ValueError("JSON nested too deeply") from exc
+
+
+def read_run_trace(run_dir: Path) -> list[dict[str, Any]]:
+    """trace.jsonl's records, capped in size; lines that are not JSON objects (torn, too deep)
+    are left out."""
+    path = run_dir / "trace.jsonl"
+    if not path.exists() and not path.is_symlink():
+        return []
+    raw = read_capped(path, run_dir, MAX_TRACE_BYTES).decode("utf-8", errors="replace")
+    out = []
+    for line in raw.splitlines():
+        try:
+            record = loads_bounded(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            out.append(record)
+    return out
+
+
+def read_run_json(run_dir: Path) -> dict[str, Any]:
+    raw = read_capped(run_dir / "run.json", run_dir, MAX_RUN_JSON_BYTES)
+    try:
+        record = loads_bounded(raw)
+    except ValueError as exc:
+        raise SkipRun(f"run.json unreadable: {exc}") from exc
+    if not isinstance(record, dict):
+        raise SkipRun("run.json is not a JSON object")
+    return record
 
 
 def conversation(run_dir: Path) -> Conversation:
     """The training conversation of one run folder; SkipRun says why there is none."""
-    try:
-        record = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise SkipRun(f"run.json unreadable: {exc}") from exc
-    trace = read_trace(run_dir / "trace.jsonl")
+    record = read_run_json(run_dir)
+    trace = read_run_trace(run_dir)
     if not trace:
         raise SkipRun("no trace.jsonl (a run from before traces were recorded)")
     turn = record.get("turn")
@@ -345,6 +417,18 @@ class ImageFiles:
         self.store = store
         self.written = 0
 
+    def url_for(
+        self, url: str, run_dir: Path, ids: dict[str, str], mode: ImageMode, base_url: str
+    ) -> str:
+        """`data`: a data URI (OpenAI's fine-tuning format takes those or http URLs);
+        `url`: the file written and addressed under `base_url`; `files`: its relative path."""
+        if mode == "data":
+            data, media = self._bytes(url, run_dir, ids)
+            media = media if media in _EXT else "image/png"
+            return f"data:{media};base64,{base64.b64encode(data).decode()}"
+        path = self.path_for(url, run_dir, ids)
+        return f"{base_url.rstrip('/')}/{path}" if mode == "url" else path
+
     def path_for(self, url: str, run_dir: Path, ids: dict[str, str]) -> str:
         data, media = self._bytes(url, run_dir, ids)
         sha = hashlib.sha256(data).hexdigest()
@@ -372,7 +456,7 @@ class ImageFiles:
         if sha in by_sha:  # the run folder's own copy (refs/IMG_###.<ext>)
             for copy in sorted((run_dir / "refs").glob(f"{by_sha[sha]}.*")):
                 media = next((k for k, v in _EXT.items() if v == copy.suffix.lower()), "")
-                return copy.read_bytes(), media
+                return read_capped(copy, run_dir, MAX_IMAGE_BYTES), media
         if self.store is not None:
             try:
                 return self.store.get_bytes(sha), self.store.ref(sha).media_type
@@ -386,9 +470,10 @@ def _call_json(call: Call) -> dict[str, Any]:
     return {"name": call.name, "arguments": call.arguments}
 
 
-def to_openai(convo: Conversation) -> dict[str, Any]:
+def to_openai(convo: Conversation, *, dict_arguments: bool = False) -> dict[str, Any]:
     """OpenAI chat fine-tuning format; tool answers carry text only, so images a tool turn
-    returned follow the tool answers as one user turn."""
+    returned follow the tool answers as one user turn. Arguments are JSON strings (the spec);
+    `dict_arguments` keeps them objects, as Qwen and Llama chat templates expect."""
     messages: list[dict[str, Any]] = []
     held: list[Image] = []
 
@@ -417,7 +502,7 @@ def to_openai(convo: Conversation) -> dict[str, Any]:
                         "function": {
                             "name": c.name,
                             "arguments": c.arguments
-                            if isinstance(c.arguments, str)
+                            if isinstance(c.arguments, str) or dict_arguments
                             else json.dumps(c.arguments, ensure_ascii=False),
                         },
                     }
@@ -495,16 +580,58 @@ class ExportReport:
     images: int = 0
     by_policy: dict[str, int] = field(default_factory=dict)
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    dataset_info: Path | None = None
 
 
 def _with_files(
-    convo: Conversation, run_dir: Path, files: ImageFiles, ids: dict[str, str]
+    convo: Conversation,
+    run_dir: Path,
+    files: ImageFiles,
+    ids: dict[str, str],
+    mode: ImageMode = "files",
+    base_url: str = "",
 ) -> Conversation:
     for t in convo.turns:
         for p in t.parts:
             if isinstance(p, Image):
-                p.url = files.path_for(p.url, run_dir, ids)
+                p.url = files.url_for(p.url, run_dir, ids, mode, base_url)
     return convo
+
+
+def dataset_info_entry(out: Path) -> dict[str, Any]:
+    """LLaMA-Factory's dataset_info.json entry for a sharegpt export (role/content tags,
+    multimodal `images` column)."""
+    return {
+        "file_name": out.name,
+        "formatting": "sharegpt",
+        "columns": {"messages": "messages", "images": "images"},
+        "tags": {
+            "role_tag": "role",
+            "content_tag": "content",
+            "user_tag": "user",
+            "assistant_tag": "assistant",
+            "system_tag": "system",
+        },
+    }
+
+
+def write_dataset_info(out: Path) -> Path:
+    """Add (or replace) this export's entry in dataset_info.json beside it, keeping others."""
+    info = out.parent / "dataset_info.json"
+    current: dict[str, Any] = {}
+    if info.is_file():
+        try:
+            loaded = loads_bounded(read_capped(info, out.parent, MAX_RUN_JSON_BYTES))
+        except (ValueError, SkipRun) as exc:
+            raise InputError(f"{info} exists but is not a JSON object ({exc}); move it") from exc
+        if not isinstance(loaded, dict):
+            raise InputError(f"{info} exists but is not a JSON object; move it")
+        current = loaded
+    current[out.stem] = dataset_info_entry(out)
+    tmp = info.with_name(f".{info.name}.tmp")
+    tmp.write_text(json.dumps(current, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp.replace(info)
+    return info
 
 
 def export_runs(
@@ -514,23 +641,41 @@ def export_runs(
     fmt: Format = "openai",
     only_matched: bool = False,
     store: ArtifactStore | None = None,
+    images: ImageMode | None = None,
+    image_base_url: str | None = None,
+    dict_arguments: bool = False,
 ) -> ExportReport:
     """Write one JSONL line per usable run under `runs_dir`; say why each other run was
-    skipped. The file is written whole (temp + rename), so a failed export leaves no half."""
+    skipped. The file is written whole (temp + rename), so a failed export leaves no half.
+
+    Images: OpenAI examples carry data URIs (or http URLs under `image_base_url`, the files
+    written beside the JSONL); sharegpt examples relative paths (LLaMA-Factory's layout), with
+    the dataset_info.json entry written beside the data. Tool-call arguments are JSON strings
+    as the OpenAI spec has them; `dict_arguments` keeps them objects (Qwen/Llama templates)."""
     if fmt not in FORMATS:
         raise InputError(f"unknown format {fmt!r}; use one of: {', '.join(FORMATS)}")
     if not runs_dir.is_dir():
         raise InputError(f"{runs_dir} is not a folder of run folders (see --out of groundwork run)")
     report = ExportReport(out=out)
     files = ImageFiles(out.parent / IMAGES_DIR, store)
+    mode: ImageMode = images or (
+        "url" if image_base_url else ("data" if fmt == "openai" else "files")
+    )
+    if mode == "url" and not image_base_url:
+        raise InputError("images as URLs need a base URL (--image-base-url)")
     lines: list[str] = []
     for run_dir in run_folders(runs_dir):
         try:
-            record = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+            record = read_run_json(run_dir)
             if only_matched and not matched(record):
                 raise SkipRun("the critique did not match (or did not run)")
             convo = _with_files(
-                conversation(run_dir), run_dir, files, record.get("image_ids") or {}
+                conversation(run_dir),
+                run_dir,
+                files,
+                record.get("image_ids") or {},
+                mode,
+                image_base_url or "",
             )
         except SkipRun as exc:
             report.skipped.append((run_dir.name, str(exc)))
@@ -538,7 +683,11 @@ def export_runs(
         except (OSError, ValueError, ValidationError) as exc:
             report.skipped.append((run_dir.name, f"unreadable: {str(exc).splitlines()[0]}"))
             continue
-        example = to_openai(convo) if fmt == "openai" else to_sharegpt(convo)
+        example = (
+            to_openai(convo, dict_arguments=dict_arguments)
+            if fmt == "openai"
+            else to_sharegpt(convo)
+        )
         lines.append(json.dumps(example, ensure_ascii=False))
         report.written += 1
         report.by_policy[convo.policy] = report.by_policy.get(convo.policy, 0) + 1
@@ -547,6 +696,8 @@ def export_runs(
     tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
     tmp.replace(out)
     report.images = files.written
+    if fmt == "sharegpt":
+        report.dataset_info = write_dataset_info(out)
     return report
 
 
@@ -579,15 +730,19 @@ def check_openai(example: dict[str, Any], base: Path) -> list[str]:
                 if c["id"] in pending:
                     problems.append(f"message {i}: call id {c['id']} used twice")
                 pending.add(c["id"])
-                if not isinstance(_loads(c["function"]["arguments"]), dict):
+                raw_args = c["function"]["arguments"]
+                if not isinstance(raw_args, str | dict) or not isinstance(_loads(raw_args), dict):
                     problems.append(f"message {i}: arguments of {c['id']} are not a JSON object")
         elif role == "tool":
             if m.get("tool_call_id") not in pending:
                 problems.append(f"message {i}: answers unknown call {m.get('tool_call_id')}")
             pending.discard(m.get("tool_call_id", ""))
         for part in m.get("content") if isinstance(m.get("content"), list) else []:
-            if part.get("type") == "image_url" and not (base / part["image_url"]["url"]).is_file():
-                problems.append(f"message {i}: image {part['image_url']['url']} missing")
+            url = str(part.get("image_url", {}).get("url", "")) if part.get("type") else ""
+            if part.get("type") != "image_url" or url.startswith(("data:", "http://", "https://")):
+                continue
+            if not (base / url).is_file():
+                problems.append(f"message {i}: image {url} missing")
     messages = example.get("messages") or [{}]
     last = messages[-1]
     if pending or last.get("role") != "assistant" or last.get("tool_calls"):

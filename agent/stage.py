@@ -3,8 +3,9 @@ stream writer, LLM calls with usage and traces.
 
 A stage is `async def node(run: StageRun) -> Result`. The wrapper turns it into a LangGraph node
 `(state, runtime)`: it applies the run's `RunContext` to the settings, times the stage, appends
-its `StageEvent`, adds the LLM usage it spent, and returns a `Command` when the stage names where
-to go (inside loops) or a plain update (where the policy's edges decide).
+its `StageEvent` and adds the LLM usage it spent. A stage never names its successor: it writes
+data (a repair to make, a question asked, the policy's decision) and the route functions
+declared beside the edges in graphs/ choose the next node from it.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from typing import Any, Protocol, TypeVar
 from langchain_core.messages import BaseMessage
 from langgraph.config import get_config
 from langgraph.runtime import Runtime
-from langgraph.types import Command
 from pydantic import BaseModel
 
 from agent.services import Services
@@ -30,11 +30,10 @@ T = TypeVar("T", bound=BaseModel)
 
 @dataclass
 class Result:
-    """What a stage returns: its state update, a one-line summary, and (in loops) where next."""
+    """What a stage returns: its state update and a one-line summary."""
 
     update: dict[str, Any]
     summary: str
-    goto: str | None = None
 
 
 @dataclass
@@ -51,6 +50,12 @@ class StageRun:
     @property
     def turn(self) -> int:
         return self.state.get("turn", 1)
+
+    @property
+    def tool_budget(self) -> int:
+        """Tool calls this run may still make: the one per-run budget (`agent.max_tool_calls`,
+        overridable per run by RunContext) that every policy obeys."""
+        return max(0, self.settings.agent.max_tool_calls - self.state.get("tool_calls", 0))
 
     def emit(self, data: dict[str, Any]) -> None:
         """A custom stream event (tool results, progress) for whoever streams the run."""
@@ -100,13 +105,15 @@ StageFn = Callable[[StageRun], Awaitable[Result]]
 
 
 class Node(Protocol):
-    def __call__(self, state: RunState, runtime: Runtime[RunContext]) -> Awaitable[Any]: ...
+    def __call__(self, state: Any, runtime: Runtime[RunContext]) -> Awaitable[Any]: ...
 
 
 def node(name: str, fn: StageFn, services: Services) -> Node:
     """Bind a stage function to the run's services as a LangGraph node."""
 
-    async def run_stage(state: RunState, runtime: Runtime[RunContext]) -> Any:
+    # `state: Any`: LangGraph reads a node's input schema from this annotation; unannotated, a
+    # node gets its own graph's whole state (the run's, or a subgraph's such as ReactState).
+    async def run_stage(state: Any, runtime: Runtime[RunContext]) -> Any:
         ctx = runtime.context
         settings = ctx.apply(services.settings) if ctx is not None else services.settings
         thread_id = _thread_id()
@@ -130,8 +137,6 @@ def node(name: str, fn: StageFn, services: Services) -> Node:
         update = {**result.update, "stages": [event]}
         if run.usage:
             update["usage"] = run.usage
-        if result.goto is not None:
-            return Command(goto=result.goto, update=update)
         return update
 
     run_stage.__name__ = name

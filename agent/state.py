@@ -80,6 +80,9 @@ class RunState(TypedDict, total=False):
     grounded: JSON | None  # GroundedPrompt
     image: JSON | None  # GenerationResult of the best image so far
     last_image: JSON | None  # GenerationResult of the latest image (what a repair edits)
+    image_prompt: str | None
+    """The prompt the latest image was made from (a repair's, after fitting): what the critic
+    is told."""
     best_score: float | None
     rounds: list[CritiqueRound]
     round: int
@@ -94,10 +97,6 @@ class RunState(TypedDict, total=False):
     """How the judge picked this round's image (method, seeds, matches); copied into rounds."""
     clarification: JSON | None
     """chat: the clarifying question asked this turn and the user's answer."""
-    messages: list[JSON]
-    """The react policy's conversation (OpenAI-format dicts), so a resumed loop continues."""
-    react_seen: list[list[str]]
-    """react: (tool, normalised arguments) already called, so a duplicate is refused."""
     edit_instruction: str | None
     notices: Annotated[list[str], operator.add]
     """One-line messages for the user (critique skipped, tool unavailable...)."""
@@ -105,3 +104,39 @@ class RunState(TypedDict, total=False):
     """Every node appends one event: the run's timeline for run.json and the dossier."""
     usage: Annotated[dict[str, int], add_usage]
     error: str | None
+
+
+class ReactInput(TypedDict, total=False):
+    """What the react loop (a subgraph, graphs/react.py) reads from the run."""
+
+    prompt: str
+    turn: int
+    image_ids: dict[str, str]
+    observations: list[JSON]
+    tool_calls: int
+
+
+class ReactOutput(TypedDict, total=False):
+    """What the react loop gives back to the run: its answer and its research."""
+
+    grounded: JSON | None
+    image_ids: dict[str, str]
+    observations: list[JSON]
+    tool_calls: int
+    notices: Annotated[list[str], operator.add]
+    stages: Annotated[list[StageEvent], operator.add]
+    usage: Annotated[dict[str, int], add_usage]
+
+
+class ReactState(RunState, total=False):
+    """The react loop's own state: the conversation lives here, not in the run's state, and is
+    checkpointed in the loop's namespace (a resumed loop continues it)."""
+
+    messages: list[JSON]
+    """The policy's conversation (OpenAI-format dicts)."""
+    react_seen: list[list[str]]
+    """Dedupe keys of the tool calls already run (tools/registry.py `dedupe_key`)."""
+    react_next: Literal["tools", "answer", "policy"]
+    """What the policy's reply asks for; the loop's route function reads it."""
+    react_stop: str | None
+    """Why the loop ended without a usable answer (the answer node falls back to the prompt)."""

@@ -13,6 +13,10 @@ with AOF (fsync on every write); later it crashes again and reloads its AOF. Pri
 
   python -m benchmarks.run chaos [--quick]
 
+Then a slow-pool phase (issue 21.1): --pool-clients waiters submit while no worker runs, for
+longer than twice the outage timeout (and redis-py's 5 s socket timeout), then one slow worker
+serves them all. Redis stays up throughout, so every failure there is a false one (must be 0).
+
 Bounded in time (--deadline). Uses the product's default visibility timeout (per job, at
 least GROUNDWORK_QUEUE__MIN_VISIBILITY_S), so a killed worker's job waits about that long.
 Needs redis-server on PATH (a private one is started on a free port).
@@ -34,10 +38,10 @@ from redis.exceptions import RedisError
 
 from core.artifacts import ArtifactStore
 from generators.base import GenerationRequest, GeneratorError, JobLostError
-from generators.queue import QueueGenerator
-from generators.redis_server import RedisServer
+from generators.queue.client import QueueGenerator
 from generators.settings import QueueSettings
-from generators.worker_process import WorkerProcess
+from tests.support.redis_server import RedisServer
+from tests.support.worker_process import WorkerProcess
 
 
 @dataclass
@@ -230,6 +234,58 @@ class Chaos:
                     f.note = "until the next job completed"
 
 
+async def slow_pool(args: argparse.Namespace) -> dict[str, Any]:
+    """Waiters outlasting an empty, then busy, pool while Redis is up: none may fail."""
+    from generators.noop import NoopGenerator
+    from generators.queue.worker import Worker
+
+    prefix = f"pool{uuid.uuid4().hex[:6]}"
+    tmp = Path(tempfile.mkdtemp(prefix="gw-bench-pool-"))
+    server = RedisServer().start()
+    settings = QueueSettings(
+        redis_url=server.url,
+        key_prefix=prefix,
+        stream=f"{prefix}:jobs",
+        group=f"{prefix}-workers",
+        dead_letter_stream=f"{prefix}:dead",
+        outage_timeout_s=args.pool_outage,
+        job_timeout_s=args.pool_idle + args.pool_clients * args.job_seconds + 60,
+        block_ms=200,
+    )
+    store = ArtifactStore(tmp / "artifacts")
+    clients = [QueueGenerator(settings, store, default_model="m") for _ in range(4)]
+    t0 = time.monotonic()
+    waits: list[float] = []
+
+    async def wait_one(i: int) -> None:
+        req = GenerationRequest(prompt=f"pool {prefix} {i}", width=64, height=64, steps=2)
+        await clients[i % len(clients)].generate(req)
+        waits.append(time.monotonic() - t0)
+
+    tasks = [asyncio.create_task(wait_one(i)) for i in range(args.pool_clients)]
+    await asyncio.sleep(args.pool_idle)
+    failed_early = sum(t.done() for t in tasks)
+    worker = Worker(NoopGenerator(store, delay_s=args.job_seconds), settings, consumer="slow")
+    serving = asyncio.create_task(worker.run())
+    outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+    worker.request_stop()
+    await serving
+    await worker.aclose()
+    for c in clients:
+        await c.aclose()
+    server.stop()
+    errors = [o for o in outcomes if isinstance(o, BaseException)]
+    return {
+        "clients": args.pool_clients,
+        "done": len(outcomes) - len(errors),
+        "false_failures": len(errors),
+        "failed_while_idle": failed_early,
+        "shortest_wait": min(waits, default=0.0),
+        "longest_wait": max(waits, default=0.0),
+        "error": str(errors[0])[:200] if errors else "",
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="bench_chaos", description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="Smoke size: 60 jobs, about a minute.")
@@ -248,7 +304,19 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--min-visibility", type=float, default=10.0, help="Product default: 10.")
     p.add_argument("--deadline", type=float, default=180.0, help="Hard cap on the run.")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--pool-clients", type=int, default=40, help="Slow-pool phase waiters.")
+    p.add_argument(
+        "--pool-outage", type=float, default=2.0, help="Slow-pool phase outage_timeout_s."
+    )
+    p.add_argument(
+        "--pool-idle",
+        type=float,
+        default=None,
+        help="Seconds without a worker (default: > 2x outage timeout and > 5 s socket timeout).",
+    )
     args = p.parse_args(argv)
+    if args.pool_idle is None:
+        args.pool_idle = max(2.5 * args.pool_outage, 6.0 + args.pool_outage)
     if args.quick:
         args.jobs, args.rate, args.kill_every = min(args.jobs, 60), 6.0, 2.5
         args.restart_at, args.min_visibility, args.deadline = (3.0, 7.0), 3.0, 60.0
@@ -275,7 +343,21 @@ def main(argv: list[str] | None = None) -> None:
     for o in [o for o in chaos.outcomes if o.status in ("failed", "silent")][:3]:
         print(f"  {o.status}: {o.error[:200]}")
     print(f"  wall {res['wall']:.1f}s")
-    if silent or res["duplicated"] or res["stuck"]:
+    pool = asyncio.run(slow_pool(args))
+    print(
+        f"slow pool: {pool['clients']} waiters, no worker for {args.pool_idle:g}s "
+        f"(outage timeout {args.pool_outage:g}s, Redis up), then 1 worker "
+        f"({args.job_seconds}s jobs)"
+    )
+    print(f"  jobs done                        {pool['done']}")
+    print(f"  false failures                   {pool['false_failures']}   (must be 0)")
+    print(
+        f"  waits                            {pool['shortest_wait']:.1f}s to "
+        f"{pool['longest_wait']:.1f}s (all > 2x outage timeout)"
+    )
+    if pool["error"]:
+        print(f"  failed: {pool['error']}")
+    if silent or res["duplicated"] or res["stuck"] or pool["false_failures"]:
         raise SystemExit(1)
 
 

@@ -34,10 +34,10 @@ from typing import Any
 from core.artifacts import ArtifactStore
 from generators.base import GenerationRequest, GenerationResult
 from generators.noop import NoopGenerator
-from generators.queue import QueueGenerator
-from generators.redis_server import RedisServer
+from generators.queue.client import QueueGenerator
 from generators.settings import QueueSettings
-from generators.worker_process import REPO, WorkerProcess
+from tests.support.redis_server import RedisServer
+from tests.support.worker_process import REPO, WorkerProcess
 
 CELERY_TASK = "groundwork_bench.noop"
 

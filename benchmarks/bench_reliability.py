@@ -25,10 +25,10 @@ from typing import Any
 
 from core.artifacts import ArtifactStore
 from generators.base import GenerationRequest, GeneratorError
-from generators.queue import QueueGenerator
-from generators.redis_server import RedisServer
+from generators.queue.client import QueueGenerator
 from generators.settings import QueueSettings
-from generators.worker_process import WorkerProcess
+from tests.support.redis_server import RedisServer
+from tests.support.worker_process import WorkerProcess
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -131,7 +131,7 @@ async def _bench(
                 download_concurrency=64,
                 timeout_s=120,
                 fetch_timeout_s=60,
-                max_decoded_pixels=max(1, int(budget_mp * 1_000_000)),
+                max_decoded_mb=max(1, int(budget_mp * 8)),  # ~8 bytes per RGB pixel
             )
             kit = Toolkit(settings, ArtifactStore(Path(tmp) / "artifacts"))
             fetch_times: list[float] = []
@@ -155,7 +155,7 @@ async def _bench(
         server.shutdown()
         server.server_close()
 
-    peak, capacity = kit.pixels.peak, kit.pixels.capacity
+    peak, capacity = kit.decode_budget.peak // 8, kit.decode_budget.capacity // 8
     kept = sum(len(o.items) for o in cold)
     failed = [o.error for o in cold if not o.ok]
     per_call = sum(o.elapsed_s for o in cold)

@@ -9,6 +9,11 @@ and the server's RSS after each round (a leak shows as growth from round to roun
 
   python -m benchmarks.run service            # 200 concurrent runs x 3 rounds
   python -m benchmarks.run service --quick    # 40 x 3
+  python -m benchmarks.run service --replicas 1,2   # SQLite x1, PostgreSQL x1 and x2
+
+With PostgreSQL (a throwaway database on 127.0.0.1:5432) the replicas share run records, event
+logs, leases and checkpoints; the closing table gives runs/s and server-side p50/p99 per store
+and replica count, and the ratio to the first configuration.
 
 Needs redis-server on PATH (a private one is started on a free port).
 """
@@ -23,12 +28,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import AsyncExitStack, ExitStack
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from generators.redis_server import RedisServer, free_port
+from tests.support.redis_server import RedisServer, free_port
 
 TOKEN = "bench-token-0123456789abcdef"
 
@@ -61,10 +67,9 @@ def serve(args: argparse.Namespace) -> None:
     from agent.settings import Settings
     from generators.base import Generator
     from generators.noop import NoopGenerator
-    from graphs.runner import Runner
     from service.app import create_app
     from service.logs import configure_json_logging
-    from service.runs import RunnerLike
+    from service.runs import RunnerLike, default_runner_factory
     from service.settings import ServiceSettings
 
     class NoopServices(Services):
@@ -75,31 +80,19 @@ def serve(args: argparse.Namespace) -> None:
                 self._generator = NoopGenerator(self.store)
             return self._generator
 
-    if args.separate_lock_db:
-        # Measure the service without graphs.locks' contention on the checkpoint file: its
-        # synchronous BEGIN IMMEDIATE on the event loop waits (up to 10 s) for the saver's
-        # aiosqlite transaction, which itself waits for the blocked loop.
-        import graphs.runner
-        from graphs.locks import ThreadLock
-
-        class SeparateFileLock(ThreadLock):
-            def __init__(self, db: Path, thread_id: str) -> None:
-                super().__init__(db.with_name(db.name + ".locks"), thread_id)
-
-        graphs.runner.ThreadLock = SeparateFileLock  # type: ignore[misc]
-
     def factory(settings: Settings, services: Services) -> RunnerLike:
         if args.runner == "instant":
             from tests.service.fakes import FakeRunner
 
             instant: RunnerLike = FakeRunner(services, delay_s=0.0)
             return instant
-        runner: RunnerLike = Runner(settings, NoopServices(settings))
-        return runner
+        return default_runner_factory(settings, NoopServices(settings))
 
     work = Path(args.work)
+    store = {"url": args.pg_url} if args.pg_url else {}
     settings = Settings.model_validate(
         {
+            "store": store,
             "llm": {"base_url": args.llm, "model": "scripted-llm", "max_retries": 0},
             "generator": {"width": 64, "height": 64, "steps": 2},
             "artifacts": {"root": str(work / "artifacts")},
@@ -115,6 +108,7 @@ def serve(args: argparse.Namespace) -> None:
             "tokens": {"bench": TOKEN},
             "db": str(work / "service.sqlite"),
             "redis_url": args.redis,
+            "key_prefix": f"gw-bench-{args.prefix}",
             "rate_limit_per_minute": 1_000_000,
             "max_concurrent_runs": 100_000,
             "max_running": args.max_running,
@@ -168,15 +162,22 @@ async def one_run(client: httpx.AsyncClient, i: int, stats: dict[str, Any]) -> N
         stats["errors"].append(f"{type(e).__name__} on {e.request.method} {e.request.url.path}")
 
 
-async def round_(url: str, n: int, timeout: float) -> dict[str, Any]:
+async def round_(urls: list[str], n: int, timeout: float) -> dict[str, Any]:
+    """n runs at once, spread round-robin over the replicas' URLs."""
     stats: dict[str, Any] = {"accept": [], "read": [], "run": [], "errors": [], "completed": 0}
     limits = httpx.Limits(max_connections=n * 2 + 10, max_keepalive_connections=n * 2 + 10)
     headers = {"Authorization": f"Bearer {TOKEN}"}
-    async with httpx.AsyncClient(
-        base_url=url, headers=headers, limits=limits, timeout=timeout
-    ) as client:
+    async with AsyncExitStack() as stack:
+        clients = [
+            await stack.enter_async_context(
+                httpx.AsyncClient(base_url=url, headers=headers, limits=limits, timeout=timeout)
+            )
+            for url in urls
+        ]
         t0 = time.perf_counter()
-        tasks = [asyncio.create_task(one_run(client, i, stats)) for i in range(n)]
+        tasks = [
+            asyncio.create_task(one_run(clients[i % len(clients)], i, stats)) for i in range(n)
+        ]
         done, pending = await asyncio.wait(tasks, timeout=timeout)
         for task in pending:
             task.cancel()
@@ -223,10 +224,16 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--keep", help="work folder to keep (server.log, databases)")
     parser.add_argument(
-        "--separate-lock-db",
-        action="store_true",
-        help="thread locks in their own SQLite file, not the checkpoint database",
+        "--replicas", default="1", help="comma-separated replica counts, e.g. 1,2 (API processes)"
     )
+    parser.add_argument(
+        "--stores",
+        default="sqlite,postgres",
+        help="run stores to compare: sqlite (one process) and/or postgres (a throwaway database "
+        "on 127.0.0.1:5432, GROUNDWORK_TEST_POSTGRES)",
+    )
+    parser.add_argument("--pg-url", help=argparse.SUPPRESS)
+    parser.add_argument("--prefix", default="bench", help=argparse.SUPPRESS)
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
@@ -237,25 +244,80 @@ def main(argv: list[str] | None = None) -> None:
         serve(args)
         return
     n = 40 if args.quick else args.runs
+    replicas = [int(r) for r in args.replicas.split(",")]
+    stores = [s.strip() for s in args.stores.split(",")]
+    from tests.support import postgres
     from tests.support.scripted_llm import ScriptedLLM
 
+    configs = [(store, k) for store in stores for k in replicas]
     llm = ScriptedLLM().start()
-    llm.add("GapReport", *([{"gaps": []}] * (n * (args.rounds + 1) + 10)))
-    with RedisServer() as redis, tempfile.TemporaryDirectory(prefix="gw-bench-svc-") as tmp:
-        work = args.keep or tmp
-        Path(work).mkdir(parents=True, exist_ok=True)
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        log = Path(work) / "server.log"
-        cmd = [sys.executable, "-m", "benchmarks.bench_service", "--serve", "--port", str(port)]
-        cmd += ["--work", work, "--llm", llm.base_url, "--redis", redis.url]
-        cmd += ["--max-running", str(args.max_running)]
-        cmd += ["--separate-lock-db"] if args.separate_lock_db else []
-        cmd += ["--runner", args.runner]
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-        with log.open("wb") as out:
-            proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
-        try:
+    runs_needed = n * (args.rounds + 1) + 10
+    llm.add("GapReport", *([{"gaps": []}] * (runs_needed * len(configs))))
+    results: list[tuple[str, int, dict[str, Any]]] = []
+    try:
+        with RedisServer() as redis:
+            for store, k in configs:
+                if store == "sqlite" and k > 1:
+                    print(f"\n--- sqlite x{k}: skipped (a SQLite store serves one process) ---")
+                    continue
+                if store == "postgres" and (reason := postgres.unavailable()) is not None:
+                    print(f"\n--- postgres x{k}: skipped ({reason}) ---")
+                    continue
+                print(f"\n--- {store} store, {k} replica(s) ---", flush=True)
+                with ExitStack() as stack:
+                    pg_url = (
+                        stack.enter_context(postgres.throwaway_database())
+                        if store == "postgres"
+                        else None
+                    )
+                    tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="gw-bench-svc-"))
+                    work = Path(args.keep or tmp) / f"{store}-{k}"
+                    work.mkdir(parents=True, exist_ok=True)
+                    summary = bench(args, n, k, llm.base_url, redis.url, work, pg_url)
+                    results.append((store, k, summary))
+    finally:
+        llm.stop()
+    if len(results) > 1:
+        print("\nstore     replicas | runs/s | POST server p50   p99 | GET server p50   p99")
+        base = results[0][2]["rate"]
+        for store, k, summary in results:
+            post, get = summary["post"], summary["get"]
+            print(
+                f"{store:9s} {k:8d} | {summary['rate']:6.1f} |      {ms(post, 50)} "
+                f"{ms(post, 99)} |     {ms(get, 50)} {ms(get, 99)}   "
+                f"({summary['rate'] / base:.2f}x {results[0][0]} x{results[0][1]})"
+            )
+
+
+def bench(
+    args: argparse.Namespace,
+    n: int,
+    replicas: int,
+    llm_url: str,
+    redis_url: str,
+    work: Path,
+    pg_url: str | None,
+) -> dict[str, Any]:
+    """Start `replicas` server processes on one store, run the rounds, print them; returns
+    runs/s and the server-side POST/GET latencies over all rounds."""
+    prefix = os.urandom(4).hex()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    procs: list[tuple[subprocess.Popen[bytes], str, Path]] = []
+    try:
+        for r in range(replicas):
+            port = free_port()
+            log = work / f"server-{r}.log"
+            cmd = [sys.executable, "-m", "benchmarks.bench_service", "--serve", "--port", str(port)]
+            cmd += ["--work", str(work), "--llm", llm_url, "--redis", redis_url]
+            cmd += ["--max-running", str(args.max_running), "--prefix", prefix]
+            cmd += ["--runner", args.runner]
+            cmd += ["--pg-url", pg_url] if pg_url else []
+            with log.open("wb") as out:
+                proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+            procs.append((proc, f"http://127.0.0.1:{port}", log))
+            # one at a time: replicas that set up the PostgreSQL schema at the same moment can
+            # wait on each other (graphs/store.py's set-up lock, see the closing note)
+            url = procs[-1][1]
             deadline = time.monotonic() + 60
             while True:
                 try:
@@ -266,62 +328,68 @@ def main(argv: list[str] | None = None) -> None:
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise SystemExit(f"server did not start:\n{log.read_text()[-2000:]}")
                 time.sleep(0.2)
-            warm = asyncio.run(round_(url, 5, args.timeout))  # imports, graph compile, caches
-            _, offset = server_latencies(log, 0)
+        urls = [url for _, url, _ in procs]
+        warm = asyncio.run(round_(urls, 5 * replicas, args.timeout))  # imports, compile, caches
+        offsets = [server_latencies(log, 0)[1] for _, _, log in procs]
+        rss = ", ".join(f"{rss_mib(p.pid):.0f}" for p, _, _ in procs)
+        print(
+            f"servers {[p.pid for p, _, _ in procs]}: warm-up {warm['completed']}/{5 * replicas} "
+            f"done, RSS {rss} MiB; {n} concurrent runs x {args.rounds} rounds; "
+            f"runner={args.runner} max_running={args.max_running}",
+            flush=True,
+        )
+        print(
+            "latencies in ms; server = the servers' own time per request (access logs), "
+            "client = as the load generator saw it (includes its own queueing)"
+        )
+        print(
+            "round done err wall_s runs/s | POST server p50   p99 | POST client p50   p99 "
+            "| GET server p50   p99 | run-to-done p50     p99 | server CPU s | RSS MiB"
+        )
+        all_post: list[float] = []
+        all_get: list[float] = []
+        done = 0
+        wall = 0.0
+        errors = 0
+        for k in range(1, args.rounds + 1):
+            cpu0 = sum(cpu_s(p.pid) for p, _, _ in procs)
+            s = asyncio.run(round_(urls, n, args.timeout))
+            s["cpu"] = sum(cpu_s(p.pid) for p, _, _ in procs) - cpu0
+            time.sleep(0.5)  # let the last access lines reach the logs
+            post: list[float] = []
+            get: list[float] = []
+            for i, (_, _, log) in enumerate(procs):
+                server, offsets[i] = server_latencies(log, offsets[i])
+                post += server["POST /v1/runs"]
+                get += server["GET /v1/runs/{id}"]
+            all_post += post
+            all_get += get
+            done += s["completed"]
+            wall += s["wall"]
+            errors += len(s["errors"])
+            rss_now = max(rss_mib(p.pid) for p, _, _ in procs)
             print(
-                f"server pid {proc.pid}: warm-up {warm['completed']}/5 done, "
-                f"RSS {rss_mib(proc.pid):.0f} MiB; {n} concurrent runs x {args.rounds} rounds; "
-                f"runner={args.runner} max_running={args.max_running} "
-                f"separate_lock_db={args.separate_lock_db}",
+                f"{k:5d} {s['completed']:4d} {len(s['errors']):3d} {s['wall']:6.1f} "
+                f"{s['completed'] / s['wall']:6.1f} |      {ms(post, 50)} {ms(post, 99)} "
+                f"|      {ms(s['accept'], 50)} {ms(s['accept'], 99)} "
+                f"|     {ms(get, 50)} {ms(get, 99)} "
+                f"|       {ms(s['run'], 50)} {ms(s['run'], 99)} | {s['cpu']:12.1f} "
+                f"| {rss_now:7.0f}",
                 flush=True,
             )
-            print(
-                "latencies in ms; server = the server's own time per request (access log), "
-                "client = as the load generator saw it (includes its own queueing)"
-            )
-            print(
-                "round done err wall_s runs/s | POST server p50   p99 | POST client p50   p99 "
-                "| GET server p50   p99 | run-to-done p50     p99 | server CPU s | RSS MiB"
-            )
-            rss: list[float] = []
-            summary = []
-            for k in range(1, args.rounds + 1):
-                cpu0 = cpu_s(proc.pid)
-                s = asyncio.run(round_(url, n, args.timeout))
-                s["cpu"] = cpu_s(proc.pid) - cpu0
-                time.sleep(0.5)  # let the last access lines reach the log
-                rss.append(rss_mib(proc.pid))
-                server, offset = server_latencies(log, offset)
-                s["server"] = server
-                summary.append(s)
-                post, get = server["POST /v1/runs"], server["GET /v1/runs/{id}"]
-                print(
-                    f"{k:5d} {s['completed']:4d} {len(s['errors']):3d} {s['wall']:6.1f} "
-                    f"{s['completed'] / s['wall']:6.1f} |      {ms(post, 50)} {ms(post, 99)} "
-                    f"|      {ms(s['accept'], 50)} {ms(s['accept'], 99)} "
-                    f"|     {ms(get, 50)} {ms(get, 99)} "
-                    f"|       {ms(s['run'], 50)} {ms(s['run'], 99)} | {s['cpu']:12.1f} "
-                    f"| {rss[-1]:7.0f}",
-                    flush=True,
-                )
-                for err in sorted(set(s["errors"]))[:5]:
-                    print(f"      error: {err}")
-            growth = [b - a for a, b in zip(rss, rss[1:], strict=False)]
-            total = sum(s["completed"] for s in summary)
-            errors = sum(len(s["errors"]) for s in summary)
-            print(
-                f"completed {total}/{n * args.rounds}, errors {errors}; RSS after each round "
-                f"{', '.join(f'{r:.0f}' for r in rss)} MiB (change "
-                f"{', '.join(f'{g:+.0f}' for g in growth) or 'n/a'} MiB)"
-            )
-        finally:
+            for err in sorted(set(s["errors"]))[:5]:
+                print(f"      error: {err}")
+        print(f"completed {done}/{n * args.rounds}, errors {errors}")
+        return {"rate": done / wall if wall else 0.0, "post": all_post, "get": all_get}
+    finally:
+        for proc, _, _ in procs:
             proc.terminate()
+        for proc, _, _ in procs:
             try:
                 proc.wait(30)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-            llm.stop()
 
 
 if __name__ == "__main__":

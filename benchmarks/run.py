@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("names", nargs="*", help=f"benchmarks to run (default: all): {available()}")
     parser.add_argument("--quick", action="store_true", help="small sizes, a smoke run")
     args, rest = parser.parse_known_args(argv)
-    names = args.names or available()
+    names = [n.replace("-", "_") for n in args.names] or available()  # tune-policy
     unknown = sorted(set(names) - set(available()))
     if unknown:
         parser.error(f"unknown benchmark(s) {unknown}; available: {available()}")

@@ -84,10 +84,14 @@ def run(
         int | None, typer.Option("--concurrency", "-j", help="Items in flight.")
     ] = None,
     progress: Annotated[bool, typer.Option(help="Show the progress bar.")] = True,
+    limit: Annotated[
+        int | None, typer.Option("--limit", help="First N prompts of each suite (smoke run).")
+    ] = None,
     verbose: VerboseOpt = False,
 ) -> None:
     """Run (or resume) an eval: every arm on every prompt and seed, metrics, statistics,
-    report.md and report.html in the output folder. Rerunning skips what is done."""
+    report.md and report.html in the output folder. Rerunning skips what is done; exit 1 when
+    an arm produced no image at all."""
     _logging(verbose)
 
     def go() -> None:
@@ -99,6 +103,7 @@ def run(
             record=str(record) if record else None,
             replay=str(replay) if replay else None,
             concurrency=concurrency,
+            limit=limit,
         )
         if out is not None:
             cfg.out_dir = out
@@ -115,14 +120,81 @@ def run(
             console.print(f"skipped {escape(metric)}: {escape(reason)}")
         for notice in result.notices[:20]:
             console.print(f"note: {escape(notice)}")
+        for o in a.overall:
+            console.print(
+                escape(
+                    f"{o.protocol} ({o.suite}) {o.arm}: {_num(o.value)} "
+                    f"[{_num(o.lo)}, {_num(o.hi)}]; source: {o.source}"
+                )
+            )
         if a.paired:
             console.print(_paired_table(f"paired against {a.baseline}", a.paired))
         console.print(f"results: {escape(str(result.db_path))}")
         if result.report_html:
             console.print(f"report: {escape(str(result.report_html))}")
             console.print(f"report: {escape(str(result.report_md))}")
+        empty = result.arms_without_result()
+        if empty:
+            err_console.print(
+                f"error: no image from arm(s) {escape(', '.join(empty))}; see the errors above "
+                "and rerun after the fix (failed items are retried)"
+            )
+            raise typer.Exit(1)
 
     guarded(go, verbose=verbose, resume_hint=f"groundwork eval run {config}")
+
+
+@eval_app.command("check-metrics")
+def check_metrics(
+    config: Annotated[Path, typer.Argument(help="The eval's TOML config.")],
+    verbose: VerboseOpt = False,
+) -> None:
+    """Run every enabled metric's known-answer cases (a good and a bad output for the same
+    prompt) against the configured judges; exit 1 when a metric cannot tell them apart."""
+    _logging(verbose)
+
+    def go() -> None:
+        import asyncio
+
+        from evals import load_config
+        from evals.harness import load_suites
+        from evals.validity import check_config
+
+        cfg = load_config(config)
+        results, skipped = asyncio.run(check_config(cfg, load_suites(cfg)))
+        for name, reason in skipped.items():
+            console.print(f"skipped {escape(name)}: {escape(reason)}")
+        for r in results:
+            console.print(escape(r.line()))
+        if any(not r.passed for r in results):
+            raise typer.Exit(1)
+
+    guarded(go, verbose=verbose)
+
+
+@eval_app.command("profile-check")
+def profile_check(
+    conversation: Annotated[
+        Path, typer.Argument(help="A run folder (its trace.jsonl), a trace.jsonl or a JSON file.")
+    ],
+    upstream: Annotated[
+        Path, typer.Option("--upstream", help="A Gen-Searcher checkout (or its agent module).")
+    ],
+    verbose: VerboseOpt = False,
+) -> None:
+    """Every difference between what the policy received in a (replayed) conversation and
+    Gen-Searcher's own layout; nothing printed and exit 0 when faithful, exit 1 otherwise."""
+
+    def go() -> None:
+        from evals.profile_check import profile_check as check
+
+        diffs = check(conversation, upstream)
+        for d in diffs:
+            console.print(escape(str(d)), soft_wrap=True)
+        if diffs:
+            raise typer.Exit(1)
+
+    guarded(go, verbose=verbose)
 
 
 @eval_app.command("report")
@@ -223,7 +295,10 @@ def suites(
         str | None, typer.Argument(help="A suite file/folder to check (default: list built-in).")
     ] = None,
     fmt: Annotated[
-        str, typer.Option("--format", help="auto, groundwork, geneval, t2i-compbench, wise, dpg.")
+        str,
+        typer.Option(
+            "--format", help="auto, groundwork, geneval, t2i-compbench, wise, knowgen, dpg."
+        ),
     ] = "auto",
     verbose: VerboseOpt = False,
 ) -> None:

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from agent.sft import FORMATS, Format, export_runs
+from agent.sft import FORMATS, Format, ImageMode, export_runs
 from core.artifacts import ArtifactStore
 from core.errors import GroundworkError, InputError
 from retrieval.text import clean_text as plain
@@ -56,6 +56,25 @@ def export(
             "--only-matched", help="Only runs whose final critique passed every requirement."
         ),
     ] = False,
+    images: Annotated[
+        str | None,
+        typer.Option(
+            "--images",
+            help="data (data URIs, openai's default), url (files under --image-base-url) or "
+            "files (relative paths, sharegpt's default).",
+        ),
+    ] = None,
+    image_base_url: Annotated[
+        str | None,
+        typer.Option("--image-base-url", help="Where images/ beside the JSONL will be served."),
+    ] = None,
+    dict_arguments: Annotated[
+        bool,
+        typer.Option(
+            "--dict-arguments",
+            help="Tool-call arguments as JSON objects (Qwen/Llama templates), not strings.",
+        ),
+    ] = False,
     verbose: Annotated[
         bool, typer.Option("--verbose", "-v", help="List each skipped run and why.")
     ] = False,
@@ -64,6 +83,8 @@ def export(
     equivalent tool-calling conversation. Images are written to images/ beside the file."""
     if fmt not in FORMATS:
         raise _fail(f"unknown --format {fmt!r}; use one of: {', '.join(FORMATS)}", EXIT_USAGE)
+    if images not in (None, *IMAGE_MODES):
+        raise _fail(f"unknown --images {images!r}; use one of: {', '.join(IMAGE_MODES)}", 2)
     try:
         from cli.common import load_settings
 
@@ -74,6 +95,9 @@ def export(
             fmt=_format(fmt),
             only_matched=only_matched,
             store=store,
+            images=_mode(images),
+            image_base_url=image_base_url,
+            dict_arguments=dict_arguments,
         )
     except InputError as exc:
         raise _fail(exc, EXIT_USAGE) from None
@@ -88,8 +112,17 @@ def export(
         f"{report.images} new image file(s); skipped {len(report.skipped)} run(s)",
         soft_wrap=True,
     )
+    if report.dataset_info is not None:
+        console.print(f"LLaMA-Factory entry: {plain(str(report.dataset_info))}", soft_wrap=True)
     for name, why in report.skipped if verbose else []:
         console.print(f"  skipped {plain(name)}: {plain(why)}", soft_wrap=True)
+
+
+IMAGE_MODES: tuple[ImageMode, ...] = ("data", "url", "files")
+
+
+def _mode(value: str | None) -> ImageMode | None:
+    return next((m for m in IMAGE_MODES if m == value), None)
 
 
 def _format(value: str) -> Format:

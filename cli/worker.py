@@ -1,4 +1,4 @@
-"""`groundwork worker`: the CLI face of generators.worker (registered by the agent's CLI;
+"""`groundwork worker`: the CLI face of generators.queue.worker (registered by the agent's CLI;
 `python -m cli.worker` runs it alone, without importing the rest of the CLI).
 
 Flags override the environment (GROUNDWORK_GENERATOR__*, GROUNDWORK_QUEUE__*,
@@ -106,7 +106,11 @@ def worker(
         typer.Option("--local-files-only/--allow-download", help="Never contact the hub."),
     ] = None,
     backend: Annotated[
-        str, typer.Option(help="diffusers, or noop (flat images; queue tests and benchmarks).")
+        str,
+        typer.Option(
+            help="A generator backend that serves jobs (generators.factory.BACKENDS): "
+            "diffusers, or noop (flat images; queue tests and benchmarks)."
+        ),
     ] = "diffusers",
     noop_delay: Annotated[
         float, typer.Option(help="noop backend: seconds each job pretends to take.")
@@ -119,10 +123,11 @@ def worker(
 
     from agent.settings import Settings
     from core.errors import GroundworkError
-    from generators.worker import run_worker
+    from generators.factory import job_backend_names
+    from generators.queue.worker import run_worker
 
-    if backend not in ("diffusers", "noop"):
-        raise _fail(f"unknown backend {backend!r}: use diffusers or noop")
+    if backend.strip().lower() not in job_backend_names():
+        raise _fail(f"unknown backend {backend!r}: use {' or '.join(job_backend_names())}")
     if log_level.upper() not in LOG_LEVELS:
         raise _fail(f"unknown log level {log_level!r}: use one of {', '.join(LOG_LEVELS)}")
     handler = logging.StreamHandler()
@@ -167,7 +172,7 @@ def worker(
                     settings.generator,
                     settings.queue,
                     settings.artifacts,
-                    backend="noop" if backend == "noop" else "diffusers",
+                    backend=backend,
                     consumer=consumer,
                     noop_delay_s=noop_delay,
                 )

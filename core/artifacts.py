@@ -4,6 +4,13 @@ State, checkpoints and queue messages carry only the hash; any process that moun
 folder (a shared volume between agent and GPU workers) can read the bytes. Writes go to a
 temporary file and are renamed into place, so readers never see a half-written artifact and two
 writers of the same content cannot corrupt each other.
+
+Past one host, `GROUNDWORK_ARTIFACTS__URL=s3://bucket/prefix` puts the bytes on any
+S3-compatible endpoint (AWS, MinIO, Ceph, R2; `GROUNDWORK_ARTIFACTS__S3_ENDPOINT_URL` for
+non-AWS) through boto3. The local folder is then a write-through cache: every write goes to the
+bucket too, and a hash this host has not seen is fetched from the bucket on first read, so
+callers that need a file path (`path()`) keep working on any replica. Downloads for clients are
+presigned URLs (`presigned_url()`), valid on every replica.
 """
 
 from __future__ import annotations
@@ -15,10 +22,10 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr, field_validator
 
 from core.errors import GroundworkError
-from core.files import atomic_write
+from core.files import atomic_write, writable_dir_problem
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -41,12 +48,44 @@ class ArtifactRef(BaseModel):
 class ArtifactSettings(BaseModel):
     root: Path = Field(
         default=Path(".groundwork/artifacts"),
-        description="Folder of the content-addressed artifact store (share it between hosts).",
+        description="Folder of the content-addressed artifact store (share it between hosts); "
+        "with an s3:// url, this host's cache of the bucket.",
     )
+    url: str | None = Field(
+        default=None,
+        description="s3://bucket/prefix: store artifacts on an S3-compatible endpoint (shared by "
+        "every host and replica); None = the local folder only.",
+    )
+    s3_endpoint_url: str | None = Field(
+        default=None,
+        description="S3 endpoint for non-AWS stores (MinIO, Ceph, R2), e.g. http://minio:9000.",
+    )
+    s3_region: str | None = Field(default=None, description="S3 region (None: boto3's default).")
+    s3_access_key_id: str | None = Field(
+        default=None, description="None: boto3's usual credential chain (env, profile, role)."
+    )
+    s3_secret_access_key: SecretStr | None = Field(default=None)
+    presign_ttl_s: int = Field(
+        default=3600, ge=1, le=7 * 24 * 3600, description="Lifetime of presigned download URLs."
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _s3_or_none(cls, url: str | None) -> str | None:
+        if not url:
+            return None
+        bucket = url.removeprefix("s3://").split("/", 1)[0]
+        if not url.startswith("s3://") or not bucket:
+            raise ValueError("must be s3://bucket or s3://bucket/prefix (unset: the local folder)")
+        return url
 
 
 class ArtifactNotFound(GroundworkError, KeyError):
     pass
+
+
+class ArtifactStoreError(GroundworkError):
+    """The artifact store cannot be used (unwritable folder, unreachable bucket, refused)."""
 
 
 class ArtifactStore:
@@ -55,7 +94,23 @@ class ArtifactStore:
 
     @classmethod
     def from_settings(cls, settings: ArtifactSettings) -> ArtifactStore:
+        """The local folder, or the S3 store (with the folder as its cache) for an s3:// url."""
+        if settings.url:
+            return S3ArtifactStore.from_settings(settings)
         return cls(settings.root)
+
+    def check(self) -> None:
+        """Raise ArtifactStoreError unless artifacts can be written (for readiness probes)."""
+        problem = writable_dir_problem(self.root)
+        if problem is not None:
+            raise ArtifactStoreError(
+                f"artifact folder {self.root}: {problem}; set GROUNDWORK_ARTIFACTS__ROOT"
+            )
+
+    def presigned_url(self, sha256: str, ttl_s: int | None = None) -> str | None:
+        """A URL anyone can download the artifact from for `ttl_s`; None for the local folder
+        (the HTTP service signs its own links to it)."""
+        return None
 
     def _dir(self, sha256: str) -> Path:
         if not _SHA_RE.match(sha256):
@@ -135,3 +190,170 @@ class ArtifactStore:
             width=m.get("width"),
             height=m.get("height"),
         )
+
+
+class S3ArtifactStore(ArtifactStore):
+    """Artifacts in an S3 bucket, with the local folder as a write-through cache."""
+
+    def __init__(
+        self, root: Path, bucket: str, prefix: str, client: Any, *, presign_ttl_s: int = 3600
+    ) -> None:
+        super().__init__(root)
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.client = client
+        self.presign_ttl_s = presign_ttl_s
+
+    @classmethod
+    def from_settings(cls, settings: ArtifactSettings) -> S3ArtifactStore:
+        import boto3
+        from botocore.config import Config
+
+        assert settings.url is not None
+        bucket, _, prefix = settings.url.removeprefix("s3://").partition("/")
+        secret = settings.s3_secret_access_key
+        client = boto3.client(
+            "s3",
+            endpoint_url=settings.s3_endpoint_url,
+            region_name=settings.s3_region,
+            aws_access_key_id=settings.s3_access_key_id,
+            aws_secret_access_key=secret.get_secret_value() if secret else None,
+            config=Config(
+                retries={"max_attempts": 3, "mode": "standard"},
+                connect_timeout=5,
+                read_timeout=30,
+                signature_version="s3v4",
+            ),
+        )
+        return cls(settings.root, bucket, prefix, client, presign_ttl_s=settings.presign_ttl_s)
+
+    # -- keys -------------------------------------------------------------------------------
+    def _key(self, sha256: str, name: str) -> str:
+        self._dir(sha256)  # validates the hash
+        parts = (
+            [self.prefix, sha256[:2], sha256[2:4], name]
+            if self.prefix
+            else [
+                sha256[:2],
+                sha256[2:4],
+                name,
+            ]
+        )
+        return "/".join(parts)
+
+    def _fail(self, action: str, exc: Exception) -> ArtifactStoreError:
+        where = f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
+        return ArtifactStoreError(
+            f"artifact store {where}: {action} failed ({type(exc).__name__}: {exc}); check "
+            "GROUNDWORK_ARTIFACTS__URL, __S3_ENDPOINT_URL and the credentials"
+        )
+
+    def _remote_name(self, sha256: str) -> str | None:
+        """The bucket's object name of the artifact's bytes (its extension is not in the hash)."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            listed = self.client.list_objects_v2(
+                Bucket=self.bucket, Prefix=self._key(sha256, sha256), MaxKeys=10
+            )
+        except (BotoCoreError, ClientError) as exc:
+            raise self._fail("listing", exc) from exc
+        for item in listed.get("Contents", []):
+            key = str(item["Key"])
+            if not key.endswith(".json"):
+                return key.rsplit("/", 1)[1]
+        return None
+
+    def _download(self, sha256: str, name: str) -> Path | None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            obj = self.client.get_object(Bucket=self.bucket, Key=self._key(sha256, name))
+            data = obj["Body"].read()
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                return None
+            raise self._fail("download", exc) from exc
+        except BotoCoreError as exc:
+            raise self._fail("download", exc) from exc
+        path = self._dir(sha256) / name
+        atomic_write(path, data, durable=False)  # a cache: the bucket holds the durable copy
+        return path
+
+    def _upload(self, sha256: str, name: str, data: bytes, media_type: str) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.client.put_object(
+                Bucket=self.bucket, Key=self._key(sha256, name), Body=data, ContentType=media_type
+            )
+        except (BotoCoreError, ClientError) as exc:
+            raise self._fail("upload", exc) from exc
+
+    # -- the store ----------------------------------------------------------------------------
+    def _find(self, sha256: str) -> Path | None:
+        local = super()._find(sha256)
+        if local is not None:
+            return local
+        name = self._remote_name(sha256)
+        if name is None:
+            return None
+        self._download(sha256, f"{sha256}.json")  # metadata, when there is any
+        return self._download(sha256, name)
+
+    def put_bytes(
+        self,
+        data: bytes,
+        media_type: str = "application/octet-stream",
+        meta: dict[str, Any] | None = None,
+    ) -> ArtifactRef:
+        ref = super().put_bytes(data, media_type, meta)
+        name = f"{ref.sha256}{_EXT.get(media_type, '.bin')}"
+        if self._remote_name(ref.sha256) is None:
+            self._upload(ref.sha256, name, data, media_type)
+        if meta is not None:
+            merged = json.dumps(self.meta(ref.sha256), sort_keys=True).encode()
+            self._upload(ref.sha256, f"{ref.sha256}.json", merged, "application/json")
+        return ref.model_copy(update={"uri": f"s3://{self.bucket}/{self._key(ref.sha256, name)}"})
+
+    def meta(self, sha256: str) -> dict[str, Any]:
+        local = self._dir(sha256) / f"{sha256}.json"
+        if not local.exists():
+            self._download(sha256, f"{sha256}.json")
+        return super().meta(sha256)
+
+    def ref(self, sha256: str) -> ArtifactRef:
+        ref = super().ref(sha256)
+        name = self.path(sha256).name
+        return ref.model_copy(update={"uri": f"s3://{self.bucket}/{self._key(sha256, name)}"})
+
+    def presigned_url(self, sha256: str, ttl_s: int | None = None) -> str | None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        name = self._remote_name(sha256)
+        if name is None:
+            raise ArtifactNotFound(f"artifact {sha256} not in s3://{self.bucket}/{self.prefix}")
+        media_type = self.meta(sha256).get("media_type", "application/octet-stream")
+        try:
+            url: str = self.client.generate_presigned_url(
+                "get_object",
+                Params={
+                    "Bucket": self.bucket,
+                    "Key": self._key(sha256, name),
+                    "ResponseContentType": media_type,
+                },
+                ExpiresIn=ttl_s or self.presign_ttl_s,
+            )
+        except (BotoCoreError, ClientError) as exc:
+            raise self._fail("signing a download URL", exc) from exc
+        return url
+
+    def check(self) -> None:
+        """The cache folder is writable and the bucket answers (one HEAD request)."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        super().check()
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except (BotoCoreError, ClientError) as exc:
+            raise self._fail("reaching the bucket", exc) from exc

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from evals.metrics import higher_is_better
+from evals.metrics import higher_is_better, quality_metrics
 from evals.stats import (
     FloatArray,
     Paired,
@@ -26,13 +26,20 @@ from evals.stats import (
     wins_from_scores,
 )
 from evals.store import ResultStore
+from evals.suites import Suite
 
 PRIMARY_ORDER = ("requirements", "fact_recall", "clipscore")
-DISPLAY_ORDER = (*PRIMARY_ORDER, "latency_s", "llm_calls", "tokens", "tool_calls")
+"""Which quality score ranks the arms first; any other registered quality metric follows."""
+COST_ORDER = ("latency_s", "llm_calls", "tokens", "tool_calls")
+
+
+def _primary() -> list[str]:
+    return [*PRIMARY_ORDER, *(m for m in quality_metrics() if m not in PRIMARY_ORDER)]
 
 
 def _display_key(metric: str) -> tuple[int, str]:
-    return (DISPLAY_ORDER.index(metric) if metric in DISPLAY_ORDER else len(DISPLAY_ORDER), metric)
+    order = [*_primary(), *COST_ORDER]
+    return (order.index(metric) if metric in order else len(order), metric)
 
 
 @dataclass
@@ -54,6 +61,43 @@ class PairwiseSummary:
 
 
 @dataclass
+class CategoryRow:
+    """One arm on one metric within one category of a suite, with its bootstrap CI."""
+
+    suite: str
+    metric: str
+    arm: str
+    category: str
+    n: int
+    mean: float
+    lo: float
+    hi: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class OverallRow:
+    """A benchmark's weighted overall (its protocol's category weights), CI by resampling
+    prompts within each category."""
+
+    suite: str
+    protocol: str
+    source: str
+    metric: str
+    arm: str
+    value: float
+    lo: float
+    hi: float
+    weights: dict[str, float]
+    note: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
 class Analysis:
     arms: list[str]
     baseline: str
@@ -69,6 +113,8 @@ class Analysis:
     skips: dict[str, str] = field(default_factory=dict)
     per_prompt: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     """metric -> arm -> per-prompt values (NaN = none), in `prompts` order."""
+    categories: list[CategoryRow] = field(default_factory=list)
+    overall: list[OverallRow] = field(default_factory=list)
 
     def table(self) -> list[dict[str, Any]]:
         """The statistics as plain rows (what a resumed run must reproduce exactly)."""
@@ -78,6 +124,8 @@ class Analysis:
         rows += [
             {"kind": "rank", "metric": self.ranking_metric, **r.as_dict()} for r in self.ranking
         ]
+        rows += [{"kind": "category", **c.as_dict()} for c in self.categories]
+        rows += [{"kind": "overall", **o.as_dict()} for o in self.overall]
         return rows
 
     def as_dict(self) -> dict[str, Any]:
@@ -125,6 +173,7 @@ def analyze(
     seeds: list[int],
     n_boot: int = 2000,
     seed: int = 0,
+    suites: list[Suite] | None = None,
 ) -> Analysis:
     metrics = sorted(store.metrics(), key=_display_key)
     result = Analysis(arms, baseline, prompts, seeds, metrics, skips=store.skips())
@@ -156,8 +205,10 @@ def analyze(
                     )
                 )
     result.pairwise = _pairwise(store, arms, prompts, seeds, n_boot=n_boot, seed=seed)
+    if suites:
+        _by_category(result, suites, n_boot=n_boot, seed=seed)
     if len(arms) > 2:
-        for metric in PRIMARY_ORDER:
+        for metric in _primary():
             if metric in result.per_prompt:
                 m = per_prompt_matrix(store, metric, arms, prompts, seeds)
                 if higher_is_better(metric) is False:
@@ -166,6 +217,79 @@ def analyze(
                 result.ranking_metric = metric
                 break
     return result
+
+
+def _by_category(result: Analysis, suites: list[Suite], *, n_boot: int, seed: int) -> None:
+    """Per-category scores of every quality metric, and each suite's weighted overall on its
+    protocol metric (WISE 0.40/0.12, KnowGen's two groups, GenEval's per-tag mean)."""
+    index = {p: i for i, p in enumerate(result.prompts)}
+    for suite in suites:
+        groups: dict[str, list[int]] = {}
+        for p in suite.prompts:
+            i = index.get(suite.key(p))
+            if i is not None and p.category:
+                groups.setdefault(p.category, []).append(i)
+        if not groups:
+            continue
+        protocol = suite.protocol
+        for metric, per_arm in result.per_prompt.items():
+            if metric not in quality_metrics():
+                continue
+            for arm in result.arms:
+                values = np.asarray(per_arm[arm], dtype=np.float64)
+                cat_values = {c: values[ix][~np.isnan(values[ix])] for c, ix in groups.items()}
+                for c, v in sorted(cat_values.items()):
+                    s = summarize(metric, arm, v, n_boot=n_boot, seed=seed)
+                    result.categories.append(
+                        CategoryRow(suite.name, metric, arm, c, s.n, s.mean, s.lo, s.hi)
+                    )
+                if protocol and protocol.metric == metric and protocol.category_weights:
+                    row = weighted_overall(
+                        cat_values, protocol.category_weights, n_boot=n_boot, seed=seed
+                    )
+                    if row is not None:
+                        value, lo, hi, weights = row
+                        result.overall.append(
+                            OverallRow(
+                                suite.name,
+                                protocol.name,
+                                protocol.source,
+                                metric,
+                                arm,
+                                value,
+                                lo,
+                                hi,
+                                weights,
+                                protocol.note,
+                            )
+                        )
+
+
+def weighted_overall(
+    cat_values: dict[str, FloatArray],
+    weights: dict[str, float],
+    *,
+    n_boot: int = 2000,
+    seed: int = 0,
+    alpha: float = 0.05,
+) -> tuple[float, float, float, dict[str, float]] | None:
+    """sum_c w_c x mean_c over the categories with scores (weights renormalised when some are
+    absent, e.g. a --limit run), with a percentile CI from resampling within each category."""
+    present = {c: w for c, w in weights.items() if c in cat_values and cat_values[c].size}
+    total = sum(present.values())
+    if not present or total <= 0:
+        return None
+    w = {c: v / total for c, v in present.items()}
+    rng = np.random.default_rng(seed)
+    boot = np.zeros(n_boot)
+    point = 0.0
+    for c, wc in w.items():
+        v = cat_values[c]
+        point += wc * float(v.mean())
+        draws = rng.integers(0, v.size, size=(n_boot, v.size))
+        boot += wc * v[draws].mean(axis=1)
+    lo, hi = np.quantile(boot, [alpha / 2, 1 - alpha / 2])
+    return point, float(lo), float(hi), w
 
 
 def _pairwise(

@@ -14,6 +14,7 @@ harness records it (a failed run is a result, not a crash).
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import os
@@ -81,6 +82,11 @@ def compact_output(output: dict[str, Any]) -> dict[str, Any]:
             "items": len(o.get("items") or []),
             "cached": o.get("cached", False),
             "error": (o.get("error") or None) and str(o.get("error"))[:200],
+            "images": [
+                str(i.get("img_id"))
+                for i in o.get("items") or []
+                if isinstance(i, dict) and i.get("kind") == "image" and i.get("img_id")
+            ],
         }
         for o in output.get("observations") or []
         if isinstance(o, dict)
@@ -90,6 +96,7 @@ def compact_output(output: dict[str, Any]) -> dict[str, Any]:
             "round": r.get("round"),
             "action": r.get("action"),
             "score": (r.get("verdict") or {}).get("score"),
+            "passed": _passed(r.get("verdict")),
         }
         for r in output.get("rounds") or []
         if isinstance(r, dict)
@@ -97,6 +104,14 @@ def compact_output(output: dict[str, Any]) -> dict[str, Any]:
     if output.get("error"):
         out["error"] = output["error"]
     return out
+
+
+def _passed(verdict: Any) -> list[Any]:
+    """Each requirement's pass/fail in a critique verdict (what a replay must reproduce)."""
+    if not isinstance(verdict, dict):
+        return []
+    checks = verdict.get("checks") or verdict.get("requirements") or []
+    return [c.get("passed", c.get("ok")) for c in checks if isinstance(c, dict)]
 
 
 def _request(settings: Settings, prompt: str, seed: int, negative: str = "") -> GenerationRequest:
@@ -260,21 +275,25 @@ class AgentSystem:
         self, prompt: SuitePrompt, key: str, seed: int, *, thread_id: str, resume: bool
     ) -> Produced:
         request: str | None = prompt.prompt
+        written: Path | None = None
         if resume and await self.runner.values(thread_id, self.policy):
             request = None  # continue the thread (or re-read its finished turn)
+            # A thread that already wrote its folder keeps that one folder.
+            written = await asyncio.to_thread(_folder_of, self.settings.runs_dir, thread_id)
         try:
             outcome = await self.runner.run(
                 request,
                 thread_id=thread_id,
                 policy=self.policy,
                 context=RunContext(seed=seed),
-                write_folder=True,
+                write_folder=written is None,
             )
         except InputError as exc:
             return Produced("failed", error=f"run refused: {exc}")
         output = compact_output(outcome.output)
-        if outcome.run_dir is not None:
-            output["run_dir"] = str(outcome.run_dir)
+        run_dir = outcome.run_dir or written
+        if run_dir is not None:
+            output["run_dir"] = str(run_dir)
         grounded = outcome.output.get("grounded") or {}
         gen_prompt = grounded.get("gen_prompt") if isinstance(grounded, dict) else None
         if outcome.status == "interrupted":
@@ -298,6 +317,20 @@ class AgentSystem:
                 await self.runner.__aexit__(None, None, None)
         finally:
             await self.services.aclose()
+
+
+def _folder_of(runs_dir: Path, thread_id: str) -> Path | None:
+    """The finished run folder a thread already wrote (its run.json names the thread)."""
+    root = Path(runs_dir).expanduser()
+    if not root.is_dir():
+        return None
+    for run_json in root.glob("*/run.json"):
+        try:
+            if json.loads(run_json.read_text(encoding="utf-8")).get("thread_id") == thread_id:
+                return run_json.parent
+        except (OSError, ValueError, AttributeError):
+            continue
+    return None
 
 
 class ImportedSystem:
@@ -386,18 +419,23 @@ def arm_settings(config: ArmConfig, base: Settings) -> Settings:
     not silently ignored as `Settings.merged` would)."""
     overrides: dict[str, Any] = {k: dict(v) for k, v in config.settings.items()}
     if isinstance(config, TrainedArm):
+        # Only the policy role goes to the trained endpoint: helper (checklist, shortening...),
+        # critic and judge stay the eval's, so the arms differ only in the policy.
         llm = overrides.setdefault("llm", {})
-        llm.setdefault("base_url", config.base_url)
-        llm.setdefault("model", config.model)
+        llm.setdefault("policy_base_url", config.base_url)
+        llm.setdefault("policy_model", config.model)
         if config.api_key_env:
             key = os.environ.get(config.api_key_env)
             if not key:
                 raise InputError(
                     f"arm {config.name}: environment variable {config.api_key_env} is not set"
                 )
-            llm["api_key"] = SecretStr(key)
+            llm["policy_api_key"] = SecretStr(key)
         llm.setdefault("policy_vision", config.vision)
-        overrides.setdefault("agent", {}).setdefault("react_profile", config.react_profile)
+        profile = config.react_profile
+        if config.upstream_checkout and "@" not in profile:
+            profile = f"{profile}@{config.upstream_checkout}"
+        overrides.setdefault("agent", {}).setdefault("react_profile", profile)
     check_overrides(overrides, where=f"arm {config.name}")
     llm = overrides.get("llm") or {}
     if (
@@ -412,21 +450,3 @@ def arm_settings(config: ArmConfig, base: Settings) -> Settings:
     # Nobody answers clarifying questions in an eval: every arm runs unattended, as `run` does.
     overrides.setdefault("agent", {}).setdefault("ask_questions", False)
     return base.merged(overrides)
-
-
-def build_arm(
-    config: ArmConfig,
-    base: Settings,
-    shared: SharedServices,
-    checkpointer: Any,
-    suites: list[Suite],
-    seeds: list[int],
-) -> Arm:
-    if isinstance(config, ImportedArm):
-        return ImportedSystem(config, shared, suites, seeds)
-    settings = arm_settings(config, base)
-    if isinstance(config, PlainArm):
-        return PlainSystem(config, settings, shared)
-    if isinstance(config, RewriteArm):
-        return RewriteSystem(config, settings, shared)
-    return AgentSystem(config, settings, shared, checkpointer)

@@ -38,19 +38,21 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from agent.settings import Settings
+from agent.settings import Policy, Settings
 from core.errors import InputError
 from evals.suites import SuiteFormat
 
 SHARED_SECTIONS = ("generator", "queue", "tools", "artifacts", "retrieval")
-MetricName = Literal["requirements", "pairwise", "clipscore", "fact_recall", "cost"]
-ALL_METRICS: tuple[MetricName, ...] = (
+DEFAULT_METRICS: tuple[str, ...] = (
     "requirements",
     "pairwise",
     "clipscore",
     "fact_recall",
     "cost",
 )
+"""Enabled when the config names none; a suite's protocol metric (wise, knowgen, geneval_vlm)
+is added for a suite that defines one. Any registered metric (evals.metrics.METRICS) is valid."""
+ALL_METRICS = DEFAULT_METRICS
 
 
 class _Strict(BaseModel):
@@ -62,6 +64,9 @@ class SuiteRef(_Strict):
     format: SuiteFormat = "auto"
     name: str | None = Field(default=None, description="Prefix of prompt ids; default: file stem.")
     limit: int = Field(default=0, ge=0, description="First N prompts only (0 = all).")
+    split: str | None = Field(
+        default=None, description="T2I-CompBench folder: train, val (default) or all."
+    )
 
 
 class _ArmBase(_Strict):
@@ -69,6 +74,12 @@ class _ArmBase(_Strict):
     settings: dict[str, Any] = Field(
         default_factory=dict,
         description="Overrides merged into the eval's Settings for this arm only (llm, agent).",
+    )
+    generator_lora: str | None = Field(
+        default=None,
+        description="A tuned generator folder (`groundwork tune feedback|curate`) whose base is "
+        "the eval's generator.model: this arm's images come from base + LoRA "
+        "(evals/arms_tuned_generator.py). Combines with any kind.",
     )
 
     @field_validator("settings")
@@ -99,7 +110,7 @@ class AgentArm(_ArmBase):
     """A whole Groundwork run (research, synthesis, critique) with any LLM."""
 
     kind: Literal["agent"] = "agent"
-    policy: Literal["planned", "react"] = "planned"
+    policy: Policy = "planned"
 
 
 class TrainedArm(_ArmBase):
@@ -113,6 +124,12 @@ class TrainedArm(_ArmBase):
         default=None, description="Environment variable holding the endpoint's API key."
     )
     react_profile: str = Field(default="gen-searcher")
+    upstream_checkout: str | None = Field(
+        default=None,
+        description="A checkout of tulerfeng/Gen-Searcher: the gen-searcher profile reads its "
+        "system prompt, tool descriptions and final message from it (parsed, never run); "
+        "without it, Groundwork's own wording (with a warning).",
+    )
     vision: bool = Field(
         default=True,
         description="The policy sees image results as images (Gen-Searcher is a VLM trained so).",
@@ -128,8 +145,46 @@ class ImportedArm(_ArmBase):
     manifest: str
 
 
+class TunedPolicyArm(_ArmBase):
+    """A policy fine-tuned by `groundwork tune policy` (its output folder), served by a
+    maintained server the arm starts and stops (evals/arms_tuned_policy.py), driving the react
+    policy with the eval's tools and generator in the protocol it was trained on."""
+
+    kind: Literal["tuned-policy"] = "tuned-policy"
+    path: str = Field(description="The tune output folder (vNNN, or its parent: the latest).")
+    server: Literal["transformers", "vllm", "external"] = Field(
+        default="transformers",
+        description="transformers serve (merged weights, CPU or GPU), vllm serve --enable-lora "
+        "(GPU), or external: already served at base_url as model.",
+    )
+    base_url: str | None = Field(default=None, description="external: its endpoint.")
+    model: str | None = Field(default=None, description="external: the served model name.")
+    react_profile: str | None = Field(
+        default=None, description="Default: the profile it was trained with (tune.json)."
+    )
+    startup_timeout_s: float = Field(default=600.0, gt=0)
+
+
+class TunedGeneratorArm(_ArmBase):
+    """The eval's base generator + a LoRA from `groundwork tune feedback|curate`, behind a
+    policy (plain prompt by default): the generator side of "agent vs tuned generator vs both"."""
+
+    kind: Literal["tuned-generator"] = "tuned-generator"
+    lora: str = Field(description="The tuned folder (it holds groundwork_lora.json).")
+    policy: Literal["plain", "rewrite", "planned", "react"] = Field(
+        default="plain", description="What makes the prompt: as written, one rewrite, the agent."
+    )
+
+
 ArmConfig = Annotated[
-    PlainArm | RewriteArm | AgentArm | TrainedArm | ImportedArm, Field(discriminator="kind")
+    PlainArm
+    | RewriteArm
+    | AgentArm
+    | TrainedArm
+    | ImportedArm
+    | TunedPolicyArm
+    | TunedGeneratorArm,
+    Field(discriminator="kind"),
 ]
 
 
@@ -165,7 +220,11 @@ class JudgeConfig(_Strict):
 
 
 class MetricsConfig(_Strict):
-    enabled: list[MetricName] = Field(default_factory=lambda: list(ALL_METRICS))
+    enabled: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_METRICS),
+        description="Registered metric names (evals.metrics.METRICS; checked before any item).",
+    )
+
     pairwise: Literal["baseline", "all"] = Field(
         default="baseline", description="Judge each arm against the baseline, or every pair."
     )
@@ -182,6 +241,21 @@ class MetricsConfig(_Strict):
     )
     text_model: str | None = Field(
         default=None, description="sentence-transformers model; None = settings' text_model."
+    )
+    wise_checkout: str | None = Field(
+        default=None,
+        description="A checkout of PKU-YuanGroup/WISE: the wise metric's judge instruction is "
+        "read from its evaluation script (else Groundwork's own; the report says which).",
+    )
+    knowgen_checkout: str | None = Field(
+        default=None,
+        description="A checkout of tulerfeng/Gen-Searcher (KnowGen_Eval): the knowgen judge "
+        "instruction is read from its scorer (else Groundwork's own).",
+    )
+    check: bool = Field(
+        default=True,
+        description="Before the first item, run each metric's known-answer cases against the "
+        "configured judges and refuse to start when a metric cannot tell good from bad.",
     )
 
 
@@ -205,6 +279,7 @@ class EvalConfig(_Strict):
     max_attempts: int = Field(
         default=2, ge=1, le=10, description="Runs of a failed item across reruns of the eval."
     )
+    limit: int = Field(default=0, ge=0, description="First N prompts of each suite (smoke run).")
     settings: dict[str, Any] = Field(
         default_factory=dict, description="Overrides of Settings() shared by every arm."
     )
@@ -236,7 +311,12 @@ class EvalConfig(_Strict):
         return [self.seed + i for i in range(self.images_per_prompt)]
 
     def suite_refs(self) -> list[SuiteRef]:
-        return [SuiteRef(path=s) if isinstance(s, str) else s for s in self.suites]
+        refs = [SuiteRef(path=s) if isinstance(s, str) else s for s in self.suites]
+        if self.limit:
+            refs = [
+                r.model_copy(update={"limit": min(r.limit or self.limit, self.limit)}) for r in refs
+            ]
+        return refs
 
     def arm(self, name: str) -> ArmConfig:
         for a in self.arms:
@@ -272,6 +352,12 @@ def load_config(path: Path | str, **overrides: Any) -> EvalConfig:
     for arm in config.arms:
         if isinstance(arm, ImportedArm):
             arm.manifest = str(_rel(base, Path(arm.manifest)))
+        if isinstance(arm, TunedPolicyArm):
+            arm.path = str(_rel(base, Path(arm.path)))
+        if isinstance(arm, TunedGeneratorArm):
+            arm.lora = str(_rel(base, Path(arm.lora)))
+        if arm.generator_lora:
+            arm.generator_lora = str(_rel(base, Path(arm.generator_lora)))
     return config
 
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+import sys
 import time
 from collections.abc import Mapping
 from contextlib import AsyncExitStack
@@ -22,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -34,16 +37,29 @@ from rich.progress import (
 from agent.settings import Settings
 from core.errors import GroundworkError, InputError
 from evals.analysis import Analysis, analyze
-from evals.arms import Arm, Produced, build_arm
-from evals.config import AgentArm, EvalConfig, ImportedArm, TrainedArm, eval_settings
+from evals.arms import Arm, Produced
+from evals.config import (
+    AgentArm,
+    EvalConfig,
+    ImportedArm,
+    RewriteArm,
+    TrainedArm,
+    eval_settings,
+)
+from evals.dispatch import build_arm
 from evals.judge import Judge, OpenAIJudge
-from evals.metrics import METRICS, Metric, MetricContext, MetricUnavailable, PairwiseMetric
+from evals.metrics import (
+    METRICS,
+    Metric,
+    MetricContext,
+    MetricUnavailable,
+    PairwiseMetric,
+    enabled_metrics,
+)
 from evals.services import SharedServices
-from evals.snapshot import SnapshotCache, key_settings
-from evals.store import ItemRecord, PairRow, ResultStore, ScoreRow
+from evals.snapshot import SnapshotCache, compare_replay, fingerprint, key_settings
+from evals.store import RESULTS_DB, ItemRecord, PairRow, ResultStore, ScoreRow
 from evals.suites import Suite, SuitePrompt, load_suite
-
-RESULTS_DB = "results.sqlite"
 
 
 @dataclass
@@ -59,6 +75,10 @@ class EvalResult:
     def table(self) -> list[dict[str, Any]]:
         return self.analysis.table()
 
+    def arms_without_result(self) -> list[str]:
+        """Arms that produced no image at all (the CLI exits 1 when there is one)."""
+        return [a for a in self.analysis.arms if not self.analysis.counts.get(a, {}).get("done")]
+
 
 @dataclass
 class Work:
@@ -72,7 +92,9 @@ class Work:
 def load_suites(config: EvalConfig) -> list[Suite]:
     suites = []
     for ref in config.suite_refs():
-        suites.append(load_suite(ref.path, fmt=ref.format, name=ref.name, limit=ref.limit))
+        suites.append(
+            load_suite(ref.path, fmt=ref.format, name=ref.name, limit=ref.limit, split=ref.split)
+        )
     names = [s.name for s in suites]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
@@ -115,13 +137,17 @@ async def arun_eval(
     try:
         _check_meta(store, suites, config)
         settings = eval_settings(config)
+        if judge is None and config.judge.configured() is None:
+            await asyncio.to_thread(check_judge, config)
+        await asyncio.to_thread(check_arms, config, settings, set(arms or {}))
         async with AsyncExitStack() as stack:
             built = await _build(config, settings, suites, arms, stack, notices)
             if judge is None and config.judge.configured() is None:
                 judge = OpenAIJudge(config.judge)
             ctx = MetricContext(config, settings, built.shared.store, judge, notices=notices)
-            active = await _metrics(config, ctx, store)
+            active = await _metrics(config, ctx, store, suites)
             await _run_all(config, suites, built.arms, active, ctx, store, progress, console)
+            _replay_fingerprints(config, built.shared.snapshot, store)
         analysis = analyze_store(store, config, suites)
         result = EvalResult(config, out, store.path, analysis, notices=notices)
         (out / "results.json").write_text(json.dumps(analysis.as_dict(), indent=2, default=str))
@@ -149,6 +175,7 @@ def analyze_store(store: ResultStore, config: EvalConfig, suites: list[Suite]) -
         seeds=config.seed_list(),
         n_boot=config.report.bootstrap,
         seed=config.report.seed,
+        suites=suites,
     )
 
 
@@ -215,6 +242,25 @@ async def _build(
     return _Built(shared, built)
 
 
+def _replay_fingerprints(
+    config: EvalConfig, snapshot: SnapshotCache | None, store: ResultStore
+) -> None:
+    """Recording: keep each done item's observations and verdicts in the snapshot. Replaying:
+    compare them with this run's, so the report claims determinism only when they match."""
+    if snapshot is None:
+        return
+    mine = {
+        f"{r.arm}|{r.prompt_id}|{r.seed}": fingerprint(r.output)
+        for r in store.items()
+        if r.status == "done" and r.output.get("observations") is not None
+    }
+    if snapshot.mode == "record":
+        recorded = snapshot.info("fingerprints") or {}
+        snapshot.set_info("fingerprints", {**recorded, **mine})
+    else:
+        store.set_meta("replay_check", compare_replay(snapshot.info("fingerprints") or {}, mine))
+
+
 def _key_mismatch(path: Path, recorded: dict[str, Any], now: dict[str, Any], verb: str) -> str:
     diff = ", ".join(
         f"{k}: recorded {recorded.get(k)!r}, now {now.get(k)!r}"
@@ -239,9 +285,54 @@ async def _warm_generator(shared: SharedServices, notices: list[str]) -> None:
         notices.append(f"generator warm-up failed (each item will say why): {exc}")
 
 
-async def _metrics(config: EvalConfig, ctx: MetricContext, store: ResultStore) -> list[Metric]:
+class PreflightError(GroundworkError):
+    """An arm's or the judge's endpoint or model is unusable: found before the first item."""
+
+
+def check_judge(config: EvalConfig) -> None:
+    """The judge endpoint answers and serves the configured model (before any item)."""
+    from agent.preflight import check_endpoint
+
+    assert config.judge.base_url and config.judge.model
+    try:
+        check_endpoint(config.judge.base_url, {config.judge.model}, config.judge.api_key(), "judge")
+    except InputError as exc:
+        raise PreflightError(f"[judge]: {exc}; nothing was run") from exc
+
+
+def check_arms(config: EvalConfig, settings: Settings, given: set[str]) -> None:
+    """Every arm's endpoints and models answer before the first item: a missing model or a
+    dead endpoint is one clear error now, not every item's attempts burnt one by one."""
+    from agent.preflight import check_endpoint
+    from evals.arms import arm_settings
+
+    checked: set[tuple[str, str]] = set()
+    for arm in config.arms:
+        # Arms that bring their own server (tuned-policy) start it later and check it then.
+        if arm.name in given or not isinstance(arm, RewriteArm | AgentArm | TrainedArm):
+            continue
+        s = arm_settings(arm, settings)
+        roles = ["policy"] if isinstance(arm, TrainedArm) else ["analyze", "synthesize"]
+        if isinstance(arm, AgentArm) and arm.policy == "react":
+            roles.append("policy")
+        if s.llm.critique_model:
+            roles.append("critique")
+        for role in roles:
+            endpoint = s.llm.endpoint_for(role)
+            if endpoint.base_url is None or (endpoint.base_url, endpoint.model) in checked:
+                continue
+            checked.add((endpoint.base_url, endpoint.model))
+            try:
+                check_endpoint(endpoint.base_url, {endpoint.model}, endpoint.api_key, role)
+            except InputError as exc:
+                raise PreflightError(f"arm {arm.name}: {exc}; nothing was run") from exc
+
+
+async def _metrics(
+    config: EvalConfig, ctx: MetricContext, store: ResultStore, suites: list[Suite]
+) -> list[Metric]:
     active: list[Metric] = []
-    for name in config.metrics.enabled:
+    for name in enabled_metrics(config, suites):
         metric = METRICS[name]()
         reason = metric.unavailable(ctx)
         if reason is None:
@@ -252,7 +343,40 @@ async def _metrics(config: EvalConfig, ctx: MetricContext, store: ResultStore) -
         store.set_skip(name, reason)
         if reason is None:
             active.append(metric)
+    store.set_meta("metric_sources", ctx.sources)
+    if config.metrics.check:
+        await _check_known_answers(active, ctx, store)
     return active
+
+
+async def _check_known_answers(
+    metrics: list[Metric], ctx: MetricContext, store: ResultStore
+) -> None:
+    """Refuse to start when a metric cannot tell its known good output from the bad one with
+    the configured judge; a pass is remembered per (metric, judge) in the results file."""
+    from evals.validity import refuse_invalid, run_known_answers
+
+    judge = getattr(ctx.judge, "name", "none")
+    passed = store.get_meta("known_answers", {})
+    todo = [m for m in metrics if m.known_answers() and passed.get(m.name) != judge]
+    results = await run_known_answers(todo, ctx)
+    refuse_invalid(results)
+    for m in todo:
+        passed[m.name] = judge
+    store.set_meta("known_answers", passed)
+
+
+_CONFIG_ERROR = re.compile(
+    r"model .{0,80}(not found|does not exist)|unknown model|\b40[134]\b|unauthori[sz]ed|"
+    r"api key|connection refused|cannot reach|name or service not known|no such host",
+    re.IGNORECASE,
+)
+
+
+def is_config_error(error: str | None) -> bool:
+    """A failure the eval's configuration caused (a missing model, a dead endpoint, a refused
+    key): such an item is retried after the fix, whatever its attempts."""
+    return bool(error and _CONFIG_ERROR.search(error))
 
 
 def _thread_id(arm: str, key: str, seed: int, attempt: int) -> str:
@@ -309,18 +433,34 @@ async def _run_all(
         disable=not show,
     )
     with bar:
-        task = bar.add_task(f"{config.name}: images", total=len(work))
+        title = escape(config.name)  # a name such as "x[/y]" is text, not Rich markup
+        task = bar.add_task(f"{title}: images", total=len(work))
+
+        out_console = console or Console(stderr=True)
+        lines = show and not out_console.is_terminal
+        done = 0
 
         async def one(w: Work) -> None:
+            nonlocal done
             async with semaphore:
                 await _item(config, arms[w.arm], w, per_item, ctx, store)
             bar.advance(task)
+            done += 1
+            if lines:
+                rec = store.item(w.arm, w.key, w.seed)
+                status = rec.status if rec else "?"
+                wall = f" {rec.wall_s:.1f}s" if rec and rec.wall_s is not None else ""
+                print(
+                    f"[{done}/{len(work)}] {w.arm} {w.key} seed {w.seed}: {status}{wall}",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
         async with asyncio.TaskGroup() as group:
             for w in work:
                 group.create_task(one(w))
         if pairwise is not None and pair_work:
-            ptask = bar.add_task(f"{config.name}: pairwise", total=len(pair_work))
+            ptask = bar.add_task(f"{title}: pairwise", total=len(pair_work))
 
             async def pair(item: tuple[Suite, SuitePrompt, str, int, str, str]) -> None:
                 _, prompt, key, seed, a, b = item
@@ -343,7 +483,11 @@ async def _item(
 ) -> None:
     rec = store.item(w.arm, w.key, w.seed)
     retry = rec is not None and (
-        rec.status == "started" or (rec.status == "failed" and rec.attempts < config.max_attempts)
+        rec.status == "started"
+        or (
+            rec.status == "failed"
+            and (rec.attempts < config.max_attempts or rec.output.get("failure") == "config")
+        )
     )
     if rec is None or retry:
         resume = bool(
@@ -368,14 +512,28 @@ async def _item(
         )
         started = time.perf_counter()
         try:
+            # An arm sees the prompt without the judge-only fields (a ground-truth image).
             produced = await arm.produce(
-                w.prompt, w.key, w.seed, thread_id=thread_id, resume=resume
+                w.prompt.for_arm(), w.key, w.seed, thread_id=thread_id, resume=resume
             )
             status, error = produced.status, produced.error
+            if status == "failed" and is_config_error(error):
+                produced.output["failure"] = "config"
+        except InputError as exc:
+            produced = Produced("failed", error=str(exc), output={"failure": "config"})
+            status, error = "failed", str(exc)
         except GroundworkError as exc:
             produced = Produced("failed", error=str(exc))
             status, error = "failed", str(exc)
         wall = round(time.perf_counter() - started, 4)
+        if resume and produced.timed:
+            # A resumed item's latency is its whole time: the stages it ran before the cut.
+            stage_s = sum(
+                float(e.get("elapsed_s") or 0.0)
+                for e in produced.output.get("stages") or []
+                if isinstance(e, dict)
+            )
+            wall = round(max(wall, stage_s), 4)
         rec = ItemRecord(
             arm=w.arm,
             prompt_id=w.key,

@@ -10,7 +10,8 @@ swap places has shown position bias, and that comparison is a tie.
 from __future__ import annotations
 
 import re
-from typing import Any, Literal, Protocol, cast
+from collections.abc import Callable
+from typing import Any, Literal, Protocol, TypeVar, cast
 
 import openai
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
@@ -21,6 +22,7 @@ from core.errors import GroundworkError
 from evals.config import JudgeConfig
 
 Preference = Literal["first", "second", "tie"]
+T = TypeVar("T")
 
 
 class JudgeError(GroundworkError):
@@ -183,6 +185,36 @@ class OpenAIJudge:
         ]
         value, _ = await self._ask(messages, RequirementAnswer, parse_yes_no)
         return None if value is None else bool(value)
+
+    async def ask(
+        self,
+        images: list[bytes],
+        system: str,
+        text: str,
+        parse: Callable[[str], T | None],
+        *,
+        max_tokens: int | None = None,
+    ) -> T | None:
+        """A benchmark's own judge instruction (WISE, KnowGen): the text first, then the images
+        in order; the reply is parsed by `parse` and asked again while it does not parse."""
+        content: list[str | dict[str, Any]] = [{"type": "text", "text": text}]
+        content += [
+            {"type": "image_url", "image_url": {"url": image_data_url(png)}} for png in images
+        ]
+        messages: list[BaseMessage] = [SystemMessage(system), HumanMessage(content=content)]
+        runnable: Any = self.chat.bind(max_tokens=max_tokens) if max_tokens else self.chat
+        for _ in range(self.config.max_attempts):
+            try:
+                reply = await runnable.ainvoke(messages)
+            except openai.APIError as exc:
+                raise JudgeError(f"judge {self.name} failed: {exc}") from exc
+            raw = reply.content
+            if isinstance(raw, list):
+                raw = "".join(c if isinstance(c, str) else str(c.get("text", "")) for c in raw)
+            value = parse(str(raw))
+            if value is not None:
+                return value
+        return None
 
     async def prefer(self, first_png: bytes, second_png: bytes, prompt: str) -> Preference | None:
         tail = PREFER_JSON if self.config.method == "json_schema" else PREFER_TEXT

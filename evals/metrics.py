@@ -14,15 +14,18 @@ computed from a stand-in: no judge means no pass rate, not a guessed one.
 
 from __future__ import annotations
 
+import ast
 import asyncio
+import io
 import re
 import unicodedata
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from agent.settings import Settings
 from core.artifacts import ArtifactStore
-from core.errors import GroundworkError
+from core.errors import GroundworkError, InputError
 from evals.config import EvalConfig
 from evals.judge import Judge, both_orders
 from evals.store import ItemRecord
@@ -44,6 +47,31 @@ class MetricContext:
     judge: Judge | None
     notices: list[str] = field(default_factory=list)
     """Problems worth telling the user (a judge that timed out on an item...)."""
+    sources: dict[str, str] = field(default_factory=dict)
+    """metric -> where its judge instruction came from (the benchmark's checkout or ours)."""
+
+
+@dataclass
+class Output:
+    """One arm output of a known-answer case: the prompt the generator got and/or the image."""
+
+    gen_prompt: str | None = None
+    image: bytes | None = None
+
+
+@dataclass
+class KnownAnswer:
+    """A good and a bad output for the same prompt: a metric that cannot score the good one
+    above the bad one cannot tell what it claims to measure (issue 18's metric validity)."""
+
+    name: str
+    prompt: SuitePrompt
+    good: Output
+    bad: Output
+    key: str | None = None
+    """Which of the metric's keys is compared (default: the first)."""
+    reference: bytes | None = None
+    """A ground-truth image the judge sees beside the output (KnowGen)."""
 
 
 class Metric:
@@ -52,6 +80,14 @@ class Metric:
     keys: ClassVar[dict[str, bool]] = {}
     """Output metric names -> higher is better."""
     pairwise: ClassVar[bool] = False
+    quality: ClassVar[bool] = False
+    """A quality score (shown in the score plots and the grid), not a cost."""
+    label: ClassVar[str] = ""
+    """How the report names it, when not by `name` (e.g. "GenEval-VLM")."""
+
+    def known_answers(self) -> list[KnownAnswer]:
+        """Cases with a known better output; empty for metrics that judge nothing (cost)."""
+        return []
 
     def unavailable(self, ctx: MetricContext) -> str | None:
         if "judge" in self.needs and ctx.judge is None:
@@ -76,6 +112,10 @@ class RequirementsMetric(Metric):
     name = "requirements"
     needs = frozenset({"judge", "image"})
     keys = {"requirements": True}
+    quality = True
+
+    def known_answers(self) -> list[KnownAnswer]:
+        return [count_case()]
 
     async def score(
         self, item: ItemRecord, prompt: SuitePrompt, ctx: MetricContext
@@ -110,6 +150,9 @@ class PairwiseMetric(Metric):
     keys = {}
     pairwise = True
 
+    def known_answers(self) -> list[KnownAnswer]:
+        return [count_case()]
+
     async def compare(
         self, a: ItemRecord, b: ItemRecord, prompt: SuitePrompt, ctx: MetricContext
     ) -> tuple[int | None, dict[str, Any]]:
@@ -138,6 +181,10 @@ class ClipScoreMetric(Metric):
     name = "clipscore"
     needs = frozenset({"clip", "image"})
     keys = {"clipscore": True}
+    quality = True
+
+    def known_answers(self) -> list[KnownAnswer]:
+        return [colour_case()]
 
     def __init__(self) -> None:
         self._embedder: Any = None
@@ -224,6 +271,30 @@ class FactRecallMetric(Metric):
     name = "fact_recall"
     needs = frozenset({"minilm", "output"})
     keys = {"fact_recall": True}
+    quality = True
+
+    def known_answers(self) -> list[KnownAnswer]:
+        prompt = SuitePrompt(
+            id="known-mooncake",
+            prompt="The round pastry a family shares at the Mid-Autumn Festival, on a plate",
+            requirements=[
+                Requirement(
+                    id="answer",
+                    question="Does the image show mooncakes?",
+                    fact="mooncakes",
+                    aliases=["mooncake", "mooncakes"],
+                    kind="knowledge",
+                )
+            ],
+        )
+        return [
+            KnownAnswer(
+                "names the answer vs restates the riddle",
+                prompt,
+                Output(gen_prompt="mooncakes on a plate"),
+                Output(gen_prompt="a plate of croissants at a family gathering in mainland China"),
+            )
+        ]
 
     def __init__(self) -> None:
         self._embedder: Any = None
@@ -318,10 +389,56 @@ class CostMetric(Metric):
         ]
 
 
-METRICS: dict[str, type[Metric]] = {
-    m.name: m
-    for m in (RequirementsMetric, PairwiseMetric, ClipScoreMetric, FactRecallMetric, CostMetric)
-}
+METRICS: dict[str, type[Metric]] = {}
+"""Every metric by name: the built-ins below and each module of `evals/plugins/` (adding a
+metric is one file there with `@register_metric` on its class)."""
+
+
+def register_metric(cls: type[Metric]) -> type[Metric]:
+    if cls.name in METRICS and METRICS[cls.name] is not cls:
+        raise ValueError(f"two metrics are named {cls.name!r}")
+    METRICS[cls.name] = cls
+    return cls
+
+
+for _m in (RequirementsMetric, PairwiseMetric, ClipScoreMetric, FactRecallMetric, CostMetric):
+    register_metric(_m)
+
+
+def _load_plugins() -> None:
+    import importlib
+    import pkgutil
+
+    import evals.plugins as plugins
+
+    for info in sorted(pkgutil.iter_modules(plugins.__path__), key=lambda i: i.name):
+        importlib.import_module(f"evals.plugins.{info.name}")
+
+
+def enabled_metrics(config: EvalConfig, suites: list[Any]) -> list[str]:
+    """The configured metrics (each must be registered); when the config names none, the
+    defaults plus each suite's protocol metric (wise for WISE, knowgen for KnowGen,
+    geneval_vlm for GenEval)."""
+    names = list(config.metrics.enabled)
+    unknown = [n for n in names if n not in METRICS]
+    if unknown:
+        raise InputError(
+            f"[metrics] enabled: unknown metric(s) {', '.join(unknown)} (registered: "
+            f"{', '.join(METRICS)}); a new metric is a module in evals/plugins/"
+        )
+    if "enabled" not in config.metrics.model_fields_set:
+        for suite in suites:
+            metric = suite.protocol.metric if suite.protocol else None
+            if metric and metric in METRICS and metric not in names:
+                names.append(metric)
+    return names
+
+
+def metric_class(key: str) -> type[Metric] | None:
+    """The metric that writes the score `key` (a metric name or one of its keys)."""
+    if key in METRICS:
+        return METRICS[key]
+    return next((cls for cls in METRICS.values() if key in cls.keys), None)
 
 
 def higher_is_better(metric: str) -> bool:
@@ -329,3 +446,109 @@ def higher_is_better(metric: str) -> bool:
         if metric in cls.keys:
             return cls.keys[metric]
     return True
+
+
+def quality_metrics() -> list[str]:
+    """Score keys shown as quality (plots, the grid), in registration order."""
+    return [k for cls in METRICS.values() if cls.quality for k in cls.keys if cls.keys[k]]
+
+
+def metric_label(key: str) -> str:
+    cls = metric_class(key)
+    return cls.label if cls is not None and cls.label and key == cls.name else key
+
+
+# -- a benchmark's own judge instruction, read from its checkout -----------------------------
+_MAX_SOURCE_BYTES = 2_000_000
+
+
+def checkout_instruction(
+    checkout: str | Path | None, must_contain: tuple[str, ...], *, name: str | None = None
+) -> tuple[str, str] | None:
+    """(instruction, "file:CONSTANT") from the longest module-level string constant of the
+    checkout's Python files that mentions every word of `must_contain` (or is named `name`).
+    Parsed with `ast`, never imported or run; None when the checkout has none."""
+    if checkout is None:
+        return None
+    root = Path(checkout).expanduser()
+    files = [root] if root.is_file() else sorted(root.rglob("*.py"))[:500] if root.is_dir() else []
+    best: tuple[str, str] | None = None
+    for file in files:
+        try:
+            if file.stat().st_size > _MAX_SOURCE_BYTES:
+                continue
+            tree = ast.parse(file.read_text(encoding="utf-8"))
+        except (OSError, SyntaxError, UnicodeDecodeError, ValueError, RecursionError):
+            continue
+        for node in tree.body:
+            if not (isinstance(node, ast.Assign) and len(node.targets) == 1):
+                continue
+            target = node.targets[0]
+            if not isinstance(target, ast.Name):
+                continue
+            value = node.value
+            if not (isinstance(value, ast.Constant) and isinstance(value.value, str)):
+                continue
+            text = value.value
+            lowered = text.lower()
+            named = name is not None and target.id == name
+            matches = named or all(w.lower() in lowered for w in must_contain)
+            if matches and (best is None or len(text) > len(best[0])):
+                best = (text, f"{file}:{target.id}")
+    return best
+
+
+# -- known-answer cases ----------------------------------------------------------------------
+
+
+def drawn(shapes: int, colour: str, *, square: bool = False, label: str = "") -> bytes:
+    """A small PNG with `shapes` filled circles (or squares) of one colour on white, spread out
+    so a VLM can count them, and an optional text label."""
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (256, 256), "white")
+    draw = ImageDraw.Draw(image)
+    for i in range(shapes):
+        x, y = 20 + (i % 3) * 80, 20 + (i // 3) * 80
+        box = (x, y, x + 56, y + 56)
+        (draw.rectangle if square else draw.ellipse)(box, fill=colour)
+    if label:
+        draw.text((10, 236), label, fill="black")
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def count_case() -> KnownAnswer:
+    prompt = SuitePrompt(
+        id="known-count",
+        prompt="three red circles on a white background",
+        category="counting",
+        requirements=[
+            Requirement(
+                id="count",
+                question="Does the image show exactly three red circles?",
+                fact="three red circles",
+                kind="count",
+            )
+        ],
+    )
+    return KnownAnswer(
+        "the right count vs a wrong one",
+        prompt,
+        Output(gen_prompt=prompt.prompt, image=drawn(3, "red")),
+        Output(gen_prompt=prompt.prompt, image=drawn(5, "red")),
+    )
+
+
+def colour_case() -> KnownAnswer:
+    prompt = SuitePrompt(id="known-colour", prompt="a red circle on a white background")
+    return KnownAnswer(
+        "the right colour and shape vs wrong ones",
+        prompt,
+        Output(gen_prompt=prompt.prompt, image=drawn(1, "red")),
+        Output(gen_prompt=prompt.prompt, image=drawn(1, "blue", square=True)),
+    )
+
+
+_load_plugins()

@@ -22,11 +22,10 @@ from typing import Any
 from core.artifacts import ArtifactNotFound, ArtifactStore
 from evals.analysis import Analysis
 from evals.config import EvalConfig, eval_settings
-from evals.metrics import higher_is_better
-from evals.store import ItemRecord, ResultStore
+from evals.metrics import higher_is_better, quality_metrics
+from evals.store import RESULTS_DB, ItemRecord, ResultStore
 from evals.suites import Suite, SuitePrompt
 
-QUALITY = ("requirements", "fact_recall", "clipscore")
 COST = ("latency_s", "llm_calls", "tokens", "tool_calls")
 
 
@@ -87,7 +86,7 @@ def make_figures(store: ResultStore, analysis: Analysis) -> tuple[list[Figure], 
         plt.close(fig)
         figures.append(Figure(name, title, buf.getvalue()))
 
-    quality = [m for m in QUALITY if any(s.metric == m for s in analysis.summaries)]
+    quality = [m for m in quality_metrics() if any(s.metric == m for s in analysis.summaries)]
     if quality:
         fig, axes = plt.subplots(1, len(quality), figsize=(4.2 * len(quality), 3.2), squeeze=False)
         for ax, metric in zip(axes[0], quality, strict=True):
@@ -101,7 +100,7 @@ def make_figures(store: ResultStore, analysis: Analysis) -> tuple[list[Figure], 
             ax.grid(axis="y", alpha=0.3)
         save(fig, "scores", "Score per arm with its 95% bootstrap CI")
 
-    primary = next((m for m in QUALITY if m in analysis.per_prompt), None)
+    primary = next((m for m in quality_metrics() if m in analysis.per_prompt), None)
     others = [a for a in analysis.arms if a != analysis.baseline]
     if primary and others:
         values = analysis.per_prompt[primary]
@@ -120,6 +119,28 @@ def make_figures(store: ResultStore, analysis: Analysis) -> tuple[list[Figure], 
         ax.set_xticks(range(1, len(others) + 1), others)
         ax.set_title(f"{primary}: per-prompt delta vs {analysis.baseline} (red: 95% CI)")
         save(fig, "deltas", f"Paired deltas of {primary} against {analysis.baseline}")
+
+    if analysis.categories:
+        keys = sorted({(c.suite, c.metric) for c in analysis.categories})
+        fig, axes = plt.subplots(len(keys), 1, figsize=(7.5, 3.0 * len(keys)), squeeze=False)
+        for ax, (suite, metric) in zip(axes[:, 0], keys, strict=True):
+            crows = [c for c in analysis.categories if (c.suite, c.metric) == (suite, metric)]
+            cats = sorted({c.category for c in crows})
+            width = 0.8 / max(1, len(analysis.arms))
+            for j, arm in enumerate(analysis.arms):
+                mine = {c.category: c for c in crows if c.arm == arm and c.n > 0}
+                bx = [i + j * width for i, cat in enumerate(cats) if cat in mine]
+                ys = [mine[cat].mean for cat in cats if cat in mine]
+                err = [
+                    [mine[cat].mean - mine[cat].lo for cat in cats if cat in mine],
+                    [mine[cat].hi - mine[cat].mean for cat in cats if cat in mine],
+                ]
+                ax.bar(bx, ys, width=width, yerr=err, capsize=3, label=arm)
+            ax.set_xticks([i + 0.4 - width / 2 for i in range(len(cats))], cats, rotation=20)
+            ax.set_title(f"{suite}: {metric} per category (mean, 95% CI)")
+            ax.legend(fontsize=7)
+            ax.grid(axis="y", alpha=0.3)
+        save(fig, "categories", "Score per category with its 95% bootstrap CI")
 
     stage_means = _stage_latency(store, analysis)
     if stage_means:
@@ -212,6 +233,38 @@ def ranking_rows(analysis: Analysis) -> list[list[str]]:
     ]
 
 
+def category_rows(analysis: Analysis) -> list[list[str]]:
+    return [
+        [
+            c.suite,
+            c.metric,
+            c.category,
+            c.arm,
+            str(c.n),
+            _fmt(c.mean),
+            f"[{_fmt(c.lo)}, {_fmt(c.hi)}]",
+        ]
+        for c in analysis.categories
+    ]
+
+
+def overall_rows(analysis: Analysis) -> list[list[str]]:
+    return [
+        [
+            o.suite,
+            o.protocol,
+            o.arm,
+            _fmt(o.value),
+            f"[{_fmt(o.lo)}, {_fmt(o.hi)}]",
+            ", ".join(f"{c} {w:.2f}" for c, w in o.weights.items()),
+            o.source,
+        ]
+        for o in analysis.overall
+    ]
+
+
+CATEGORY_HEAD = ["suite", "metric", "category", "arm", "prompts", "mean", "95% CI"]
+OVERALL_HEAD = ["suite", "protocol", "arm", "overall", "95% CI", "weights", "source"]
 SUMMARY_HEAD = ["metric", "arm", "prompts", "mean", "95% CI"]
 PAIRED_HEAD = ["metric", "delta", "prompts", "mean Δ", "95% CI", "CI excludes 0", "W/T/L", "p"]
 PAIRWISE_HEAD = ["pair", "judged", "win rate", "95% CI", "W/T/L", "position bias", "unanswered"]
@@ -242,7 +295,7 @@ def fairness_lines(config: EvalConfig, suites: list[Suite]) -> list[str]:
         f"({', '.join(f'{s.name} sha256 {s.sha256[:12]}' for s in suites)}) with the same "
         f"seeds ({seeds}), the same generator and the same research tools.",
         "Statistics resample prompts (seeds of a prompt are averaged first); CIs are 95% "
-        f"percentile bootstraps ({config.report.bootstrap} resamples).",
+        f"BCa bootstraps ({config.report.bootstrap} resamples, scipy.stats.bootstrap).",
     ]
     if importlib.util.find_spec("scipy") is None:
         lines.append(
@@ -251,8 +304,32 @@ def fairness_lines(config: EvalConfig, suites: list[Suite]) -> list[str]:
     if config.record:
         lines.append(f"Tool results were recorded to {config.record}: arms saw identical evidence.")
     if config.replay:
-        lines.append(f"Tool results were replayed from {config.replay} (offline, deterministic).")
+        lines.append(_replay_line(config))
     return lines
+
+
+def _replay_line(config: EvalConfig) -> str:
+    """Determinism is claimed only when the replay reproduced the recorded observations (image
+    ids included) and verdicts of every item both runs made."""
+    check: Any = None
+    db = config.out_dir / RESULTS_DB
+    if db.is_file():
+        store = ResultStore(db, readonly=True)
+        try:
+            check = store.get_meta("replay_check")
+        finally:
+            store.close()
+    where = f"Tool results were replayed from {config.replay} (offline)"
+    if not isinstance(check, dict) or not check.get("compared"):
+        return f"{where}; no recorded observations to compare with: determinism not shown."
+    n, ok = int(check["compared"]), int(check["reproduced"])
+    if ok == n:
+        return (
+            f"{where}: all {n} recorded items reproduced their observations, image ids and "
+            "verdicts (deterministic)."
+        )
+    shown = ", ".join(check.get("differences") or [])[:300]
+    return f"{where}: NOT deterministic: {n - ok} of {n} items differ from the recording ({shown})."
 
 
 # -- the grid --------------------------------------------------------------------------------
@@ -352,13 +429,21 @@ def _markdown(
     plot_note: str | None,
     grid: list[tuple[str, SuitePrompt, dict[tuple[str, int], Cell]]],
 ) -> str:
-    parts = [f"# Eval report: {config.name}", ""]
+    parts = [f"# Eval report: {_md_text(config.name)}", ""]
     parts += [f"- {line}" for line in fairness_lines(config, suites)]
     parts += ["", "## Runs", ""] + [f"- {line}" for line in _counts_line(analysis)]
     if analysis.skips:
         parts += ["", "## Metrics skipped", ""]
         parts += [f"- **{m}**: {r}" for m, r in sorted(analysis.skips.items())]
+    parts += _md_protocols(config, analysis)
     parts += ["", "## Scores per arm", "", _md_table(SUMMARY_HEAD, summary_rows(analysis))]
+    if analysis.categories:
+        parts += [
+            "",
+            "## Scores per category",
+            "",
+            _md_table(CATEGORY_HEAD, category_rows(analysis)),
+        ]
     if analysis.paired:
         parts += [
             "",
@@ -392,9 +477,11 @@ def _markdown(
     parts += [f"![{f.title}](report_files/{f.name}.png)" for f in figures]
     parts += ["", "## Images", ""]
     for key, prompt, cells in grid:
-        parts += [f"### {key}", "", f"> {prompt.prompt}", ""]
+        parts += [f"### {_md_text(key)}", "", f"> {_md_text(prompt.prompt)}", ""]
         if prompt.requirements:
-            parts += [f"- `{r.id}` {r.question}" for r in prompt.requirements] + [""]
+            parts += [
+                f"- `{_md_text(r.id)}` {_md_text(r.question)}" for r in prompt.requirements
+            ] + [""]
         head = ["arm", *[f"seed {s}" for s in config.seed_list()]]
         rows = []
         for arm in config.arms:
@@ -405,6 +492,43 @@ def _markdown(
             rows.append(row)
         parts += [_md_table(head, rows), ""]
     return "\n".join(parts) + "\n"
+
+
+def _md_protocols(config: EvalConfig, analysis: Analysis) -> list[str]:
+    """The benchmark-defined overall scores, each labelled with its source, and where each
+    metric's judge instruction came from."""
+    sources = _metric_sources(config)
+    if not analysis.overall and not sources:
+        return []
+    parts = ["", "## Benchmark protocols", ""]
+    parts += [f"- **{m}**: {_md_text(src)}" for m, src in sorted(sources.items())]
+    seen = set()
+    for o in analysis.overall:
+        if (o.suite, o.protocol) not in seen:
+            seen.add((o.suite, o.protocol))
+            parts.append(
+                f"- **{_md_text(o.protocol)}** ({o.suite}): {_md_text(o.note)}; "
+                f"source: {_md_text(o.source)}"
+            )
+    parts += ["", _md_table(OVERALL_HEAD, overall_rows(analysis)) if analysis.overall else ""]
+    return parts
+
+
+def _metric_sources(config: EvalConfig) -> dict[str, str]:
+    db = config.out_dir / RESULTS_DB
+    if not db.is_file():
+        return {}
+    store = ResultStore(db, readonly=True)
+    try:
+        value = store.get_meta("metric_sources", {})
+    finally:
+        store.close()
+    return {str(k): str(v) for k, v in value.items()} if isinstance(value, dict) else {}
+
+
+def _md_text(text: str) -> str:
+    """Text from runs, suites and the web, made inert in Markdown: no raw HTML survives."""
+    return html.escape(text, quote=False)
 
 
 def _md_cell(cell: Cell) -> str:
@@ -418,40 +542,10 @@ def _md_cell(cell: Cell) -> str:
     if cell.verdicts:
         bits.append(" ".join(f"{_mark(v)}{k}" for k, v in cell.verdicts.items()))
     if item.error:
-        bits.append(f"error: {item.error[:160]}")
+        bits.append(f"error: {_md_text(item.error[:160])}")
     if item.gen_prompt:
-        bits.append(f"prompt: {item.gen_prompt[:300]}")
+        bits.append(f"prompt: {_md_text(item.gen_prompt[:300])}")
     return "<br>".join(bits)
-
-
-_CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#222}
-table{border-collapse:collapse;margin:8px 0 20px}
-th,td{border:1px solid #ccc;padding:4px 8px;font-size:13px;vertical-align:top;text-align:left}
-th{background:#f3f3f3}
-.grid td{max-width:280px}
-.grid img{display:block;max-width:256px;height:auto}
-.ok{color:#1e7b34}.bad{color:#b02a2a}.unk{color:#888}
-details{font-size:12px;color:#444}
-.prompt{margin:18px 0 4px;font-size:15px}
-.req{font-size:12px;color:#444;margin:2px 0}
-figure{display:inline-block;margin:8px}
-figure img{max-width:640px}
-"""
-
-_COUNT_SCRIPT = """
-<script>
-function gwCountImages(){
-  var imgs=Array.prototype.slice.call(document.images);
-  var ok=imgs.filter(function(i){return i.complete&&i.naturalWidth>0;}).length;
-  var broken=imgs.filter(function(i){return i.complete&&i.naturalWidth===0;}).length;
-  document.body.setAttribute('data-images-total',String(imgs.length));
-  document.body.setAttribute('data-images-loaded',String(ok));
-  document.body.setAttribute('data-images-broken',String(broken));
-}
-window.addEventListener('load',gwCountImages);
-</script>
-"""
 
 
 def _html(
@@ -462,91 +556,64 @@ def _html(
     plot_note: str | None,
     grid: list[tuple[str, SuitePrompt, dict[tuple[str, int], Cell]]],
 ) -> str:
-    e = html.escape
-    parts = [
-        "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
-        f"<title>Eval report: {e(config.name)}</title><style>{_CSS}</style></head><body>",
-        f"<h1>Eval report: {e(config.name)}</h1>",
-        "<ul>" + "".join(f"<li>{e(x)}</li>" for x in fairness_lines(config, suites)) + "</ul>",
-        "<h2>Runs</h2><ul>" + "".join(f"<li>{e(x)}</li>" for x in _counts_line(analysis)) + "</ul>",
-    ]
-    if analysis.skips:
-        parts.append(
-            "<h2>Metrics skipped</h2><ul>"
-            + "".join(f"<li><b>{e(m)}</b>: {e(r)}</li>" for m, r in sorted(analysis.skips.items()))
-            + "</ul>"
-        )
-    parts.append("<h2>Scores per arm</h2>" + _html_table(SUMMARY_HEAD, summary_rows(analysis)))
-    if analysis.paired:
-        parts.append(
-            f"<h2>Paired against {e(analysis.baseline)}</h2><p>Per-prompt deltas (arm − "
-            "baseline); ↑ higher is better, ↓ lower is better; p: Wilcoxon signed-rank.</p>"
-            + _html_table(PAIRED_HEAD, paired_rows(analysis))
-        )
-    if analysis.pairwise:
-        parts.append(
-            "<h2>Pairwise judge (both orders)</h2><p>Win rate of the first arm (ties count "
-            "half); a verdict that flips with the order is a tie.</p>"
-            + _html_table(PAIRWISE_HEAD, pairwise_rows(analysis))
-        )
-    if analysis.ranking:
-        parts.append(
-            f"<h2>Bradley-Terry ranking ({e(analysis.ranking_metric or '')})</h2>"
-            + _html_table(RANK_HEAD, ranking_rows(analysis))
-        )
-    parts.append("<h2>Plots</h2>")
-    if plot_note:
-        parts.append(f"<p>{e(plot_note)}</p>")
-    for fig in figures:
-        parts.append(
-            f"<figure><img class='plot' alt='{e(fig.title)}' "
-            f"src='{_data_uri(fig.png, 'image/png')}'><figcaption>{e(fig.title)}</figcaption>"
-            "</figure>"
-        )
-    parts.append("<h2>Images</h2>")
+    """The page, rendered by the Jinja2 template in evals/report_template.py (autoescape)."""
+    from evals.report_template import render
+
     seeds = config.seed_list()
-    for key, prompt, cells in grid:
-        parts.append(f"<div class='prompt'><b>{e(key)}</b>: {e(prompt.prompt)}</div>")
-        for r in prompt.requirements:
-            parts.append(f"<div class='req'><code>{e(r.id)}</code> {e(r.question)}</div>")
-        head = "<th>arm</th>" + "".join(f"<th>seed {s}</th>" for s in seeds)
-        rows = []
-        for arm in config.arms:
-            tds = "".join(_html_cell(cells[(arm.name, s)]) for s in seeds)
-            rows.append(f"<tr><th>{e(arm.name)}</th>{tds}</tr>")
-        parts.append(
-            f"<table class='grid' data-prompt='{e(key)}'><thead><tr>{head}</tr></thead>"
-            f"<tbody>{''.join(rows)}</tbody></table>"
-        )
-    parts.append(_COUNT_SCRIPT + "</body></html>")
-    return "\n".join(parts)
+    protocol_md = _md_protocols(config, analysis)
+    protocols = [line.removeprefix("- ") for line in protocol_md[3:] if line.startswith("- ")]
+    context = {
+        "name": config.name,
+        "fairness": fairness_lines(config, suites),
+        "counts": _counts_line(analysis),
+        "skips": sorted(analysis.skips.items()),
+        "protocols": [html.unescape(p.replace("**", "")) for p in protocols],
+        "overall": {"head": OVERALL_HEAD, "rows": overall_rows(analysis)},
+        "summary": {"head": SUMMARY_HEAD, "rows": summary_rows(analysis)},
+        "categories": {"head": CATEGORY_HEAD, "rows": category_rows(analysis)},
+        "paired": {"head": PAIRED_HEAD, "rows": paired_rows(analysis)},
+        "pairwise": {"head": PAIRWISE_HEAD, "rows": pairwise_rows(analysis)},
+        "ranking": {"head": RANK_HEAD, "rows": ranking_rows(analysis)},
+        "ranking_metric": analysis.ranking_metric or "",
+        "baseline": analysis.baseline,
+        "plot_note": plot_note,
+        "figures": [{"title": f.title, "src": _data_uri(f.png, "image/png")} for f in figures],
+        "seeds": seeds,
+        "grid": [
+            {
+                "key": key,
+                "prompt": prompt.prompt,
+                "requirements": prompt.requirements,
+                "rows": [
+                    {
+                        "name": arm.name,
+                        "cells": [_cell_view(cells[(arm.name, s)]) for s in seeds],
+                    }
+                    for arm in config.arms
+                ],
+            }
+            for key, prompt, cells in grid
+        ],
+    }
+    return render(context)
 
 
-def _html_cell(cell: Cell) -> str:
-    e = html.escape
+def _cell_view(cell: Cell) -> dict[str, Any] | None:
     item = cell.item
     if item is None:
-        return "<td class='unk'>not run</td>"
-    bits = []
-    if cell.thumb is not None:
-        bits.append(
-            f"<img class='thumb' alt='{e(item.arm)} seed {item.seed}' "
-            f"src='{_data_uri(cell.thumb, 'image/jpeg')}'>"
-        )
-    cls = "ok" if item.status == "done" else "bad"
-    bits.append(f"<div class='{cls}'>{e(item.status)}</div>")
-    if cell.verdicts:
-        marks = " ".join(
-            f"<span class='{'ok' if v else ('bad' if v is False else 'unk')}'>"
-            f"{_mark(v)}{e(k)}</span>"
+        return None
+    quality = set(quality_metrics())
+    return {
+        "thumb": _data_uri(cell.thumb, "image/jpeg") if cell.thumb is not None else None,
+        "alt": f"{item.arm} seed {item.seed}",
+        "status": item.status,
+        "verdicts": [
+            (k, "ok" if v else ("bad" if v is False else "unk"), _mark(v))
             for k, v in cell.verdicts.items()
-        )
-        bits.append(f"<div>{marks}</div>")
-    shown = [(k, v) for k, v in cell.scores.items() if k in QUALITY and v is not None]
-    if shown:
-        bits.append("<div>" + ", ".join(f"{e(k)} {_fmt(v, 2)}" for k, v in shown) + "</div>")
-    if item.error:
-        bits.append(f"<div class='bad'>{e(item.error[:300])}</div>")
-    if item.gen_prompt:
-        bits.append(f"<details><summary>prompt sent</summary>{e(item.gen_prompt[:1500])}</details>")
-    return "<td>" + "".join(bits) + "</td>"
+        ],
+        "scores": [
+            f"{k} {_fmt(v, 2)}" for k, v in cell.scores.items() if k in quality and v is not None
+        ],
+        "error": item.error[:300] if item.error else None,
+        "gen_prompt": item.gen_prompt[:1500] if item.gen_prompt else None,
+    }

@@ -9,8 +9,7 @@ shared parts here.
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from agent.embedded_llm import EmbeddedLLMServer
 from agent.services import Services
@@ -30,7 +29,6 @@ class SharedServices(Services):
     def __init__(self, settings: Settings, snapshot: SnapshotCache | None = None) -> None:
         super().__init__(settings)
         self.snapshot = snapshot
-        self._live_fetcher: Any = None
 
     def toolkit(self) -> Toolkit:
         if self._toolkit is None:
@@ -38,11 +36,19 @@ class SharedServices(Services):
 
             s = self.settings
             if self.snapshot is not None and self.snapshot.mode == "replay":
-                toolkit: Toolkit = _replay_toolkit(self.snapshot.path)(
-                    s.tools, self.store, retrieval=s.retrieval, cache=self.snapshot
+                # Through the toolkit's public hooks: offline stand-ins for the providers and
+                # the fetcher, and replay mode, in which a call that was not recorded raises
+                # ReplayMiss (the item fails loudly) instead of reaching the web.
+                path = self.snapshot.path
+                toolkit = Toolkit(
+                    s.tools,
+                    self.store,
+                    retrieval=s.retrieval,
+                    cache=self.snapshot,
+                    provider_factory=lambda name: OfflineProvider(name, path),
+                    fetcher=OfflineFetcher(path),
+                    replay=True,
                 )
-                self._live_fetcher = toolkit.fetcher
-                toolkit.fetcher = OfflineFetcher(self.snapshot.path)  # type: ignore[assignment]
             else:
                 toolkit = Toolkit(s.tools, self.store, retrieval=s.retrieval, cache=self.snapshot)
             self._toolkit = toolkit
@@ -52,24 +58,8 @@ class SharedServices(Services):
         try:
             await super().aclose()
         finally:
-            if self._live_fetcher is not None:
-                await self._live_fetcher.aclose()
-                self._live_fetcher = None
             if self.snapshot is not None:
                 self.snapshot.close()
-
-
-def _replay_toolkit(snapshot: Path) -> type[Toolkit]:
-    """A Toolkit whose search providers are offline stand-ins (tools/ has no public hook for
-    this; the provider settings stay as recorded because they are part of the cache keys)."""
-    from tools.toolkit import Toolkit
-
-    class ReplayToolkit(Toolkit):
-        def _provider(self, which: str) -> Any:
-            name = self.settings.text_provider if which == "text" else self.settings.image_provider
-            return OfflineProvider(name, snapshot)
-
-    return ReplayToolkit
 
 
 class ArmServices(Services):

@@ -4,9 +4,12 @@
 question pays for the live call and every later ask (any arm) gets the recorded answer, so
 the arms see identical evidence. The images an observation points to are copied into the
 file too. `--replay SNAP` installs the same file read-only, puts its images back in the
-artifact store and turns the live tools off (no search provider, a fetcher that refuses), so a
-suite reruns offline with the same evidence: a question that was never recorded fails like an
-offline tool does, it never reaches the network.
+artifact store and turns the live tools off through the toolkit's public hooks
+(`provider_factory`, `fetcher`, `replay=True`), so a suite reruns offline with the same
+evidence: a question that was never recorded raises `ReplayMiss` (the item fails loudly), it
+never reaches the network. The recording also keeps each item's `fingerprint` (observations
+with their image ids, critique verdicts); the replay compares its own, and the report claims
+determinism only when they match.
 
 The snapshot plugs in through the `Toolkit(cache=...)` hook the toolkit already has (a
 `tools.cache.ToolCache`), keyed exactly as the live cache is: (tool, normalized args).
@@ -220,3 +223,35 @@ class OfflineFetcher:
 
     async def aclose(self) -> None:
         return None
+
+
+# -- did the replay replay? ------------------------------------------------------------------
+def fingerprint(output: dict[str, Any]) -> dict[str, Any]:
+    """What a replay must reproduce of one item: each observation (tool, query, ok, the image
+    ids in order) and each critique round's verdict."""
+    return {
+        "observations": [
+            [o.get("tool"), o.get("query"), o.get("ok"), list(o.get("images") or [])]
+            for o in output.get("observations") or []
+            if isinstance(o, dict)
+        ],
+        "verdicts": [
+            [r.get("action"), r.get("score"), list(r.get("passed") or [])]
+            for r in output.get("rounds") or []
+            if isinstance(r, dict)
+        ],
+    }
+
+
+def compare_replay(
+    recorded: dict[str, dict[str, Any]], replayed: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    """{compared, reproduced, differences: [item key...]} over the items both runs made."""
+    common = sorted(set(recorded) & set(replayed))
+    differ = [k for k in common if recorded[k] != replayed[k]]
+    return {
+        "compared": len(common),
+        "reproduced": len(common) - len(differ),
+        "differences": differ[:50],
+        "missing": sorted(set(recorded) - set(replayed))[:50],
+    }

@@ -19,6 +19,8 @@ from pydantic import BaseModel, Field
 from core.errors import GroundworkError
 
 ItemStatus = Literal["started", "done", "failed", "missing"]
+RESULTS_DB = "results.sqlite"
+"""The results file's name inside an eval's out_dir."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);

@@ -25,7 +25,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator
 from core.errors import InputError
 
 SUITES_DIR = Path(__file__).parent / "suites"
-SuiteFormat = Literal["auto", "groundwork", "geneval", "t2i-compbench", "wise", "dpg"]
+SuiteFormat = Literal["auto", "groundwork", "geneval", "t2i-compbench", "wise", "knowgen", "dpg"]
 RequirementKind = Literal[
     "knowledge", "object", "count", "color", "relation", "text", "attribute", "style", "other"
 ]
@@ -59,6 +59,11 @@ class Requirement(BaseModel):
         return q.strip()
 
 
+JUDGE_ONLY_META = ("gt_image",)
+"""Record fields that are inputs of the judge only (KnowGen's ground-truth image): an arm never
+sees them (`SuitePrompt.for_arm`)."""
+
+
 class SuitePrompt(BaseModel):
     id: str = Field(min_length=1, max_length=200, description="Unique within the suite.")
     prompt: str = Field(min_length=1)
@@ -76,6 +81,25 @@ class SuitePrompt(BaseModel):
             raise ValueError(f"requirement ids repeat: {ids}")
         return reqs
 
+    def for_arm(self) -> SuitePrompt:
+        """The prompt as an arm may see it: without the judge-only fields (ground truth)."""
+        meta = {k: v for k, v in self.meta.items() if k not in JUDGE_ONLY_META}
+        return self.model_copy(update={"meta": meta})
+
+
+class Protocol(BaseModel):
+    """How the benchmark's authors score it, and where that definition comes from."""
+
+    name: str
+    source: str = Field(description="Where the protocol is defined (paper, repository, file).")
+    metric: str | None = Field(default=None, description="The metric that implements it.")
+    category_weights: dict[str, float] | None = Field(
+        default=None,
+        description="The overall score = sum of weight x category mean (None: no overall is "
+        "defined beyond the plain mean).",
+    )
+    note: str = ""
+
 
 class Suite(BaseModel):
     name: str
@@ -84,6 +108,7 @@ class Suite(BaseModel):
     sha256: str = Field(default="", description="Of the file(s) read: a rerun checks it.")
     format: str = "groundwork"
     prompts: list[SuitePrompt]
+    protocol: Protocol | None = None
 
     def key(self, prompt: SuitePrompt) -> str:
         return f"{self.name}/{prompt.id}"
@@ -107,9 +132,15 @@ def _split_version(stem: str) -> tuple[str, str]:
 
 
 def load_suite(
-    ref: str | Path, *, fmt: SuiteFormat = "auto", name: str | None = None, limit: int = 0
+    ref: str | Path,
+    *,
+    fmt: SuiteFormat = "auto",
+    name: str | None = None,
+    limit: int = 0,
+    split: str | None = None,
 ) -> Suite:
-    """A built-in suite by name (`knowledge-v1`), or a file/folder in any supported format."""
+    """A built-in suite by name (`knowledge-v1`), or a file/folder in any supported format.
+    `split` (T2I-CompBench: train, val or all) picks the files of a folder; default val."""
     path = Path(ref)
     if not path.exists() and isinstance(ref, str) and (SUITES_DIR / f"{ref}.jsonl").is_file():
         path = SUITES_DIR / f"{ref}.jsonl"
@@ -119,14 +150,17 @@ def load_suite(
             f"(built-in: {', '.join(builtin_suites())})"
         )
     kind = _detect(path) if fmt == "auto" else fmt
-    loader = {
-        "groundwork": _load_groundwork,
-        "geneval": _load_geneval,
-        "t2i-compbench": _load_t2i_compbench,
-        "wise": _load_wise,
-        "dpg": _load_dpg,
-    }[kind]
-    prompts, files = loader(path)
+    if kind == "t2i-compbench":
+        prompts, files = _load_t2i_compbench(path, split)
+    else:
+        loader = {
+            "groundwork": _load_groundwork,
+            "geneval": _load_geneval,
+            "wise": _load_wise,
+            "knowgen": _load_knowgen,
+            "dpg": _load_dpg,
+        }[kind]
+        prompts, files = loader(path)
     if not prompts:
         raise SuiteError(f"suite {path} ({kind} format) holds no prompts")
     ids = [p.id for p in prompts]
@@ -144,13 +178,109 @@ def load_suite(
         sha256=_sha256(files),
         format=kind,
         prompts=prompts,
+        protocol=protocol_for(kind, prompts),
     )
+
+
+WISE_CATEGORIES = (
+    ("CULTURE", 1, 400),
+    ("TIME", 401, 520),
+    ("SPACE", 521, 640),
+    ("BIOLOGY", 641, 760),
+    ("PHYSICS", 761, 880),
+    ("CHEMISTRY", 881, 1000),
+)
+"""WISE_Verified's categories by prompt_id (PKU-YuanGroup/WISE, data_verified)."""
+WISE_WEIGHTS = {"CULTURE": 0.40, **{c: 0.12 for c, _, _ in WISE_CATEGORIES[1:]}}
+
+KNOWGEN_GROUPS: dict[str, frozenset[str]] = {
+    "science_and_knowledge": frozenset(
+        [
+            "astronomy",
+            "biology",
+            "chemistry",
+            "physics",
+            "engineering",
+            "medicine",
+            "industry",
+            "architecture",
+            "history",
+            "geography",
+            "religion",
+            "politics",
+            "culture",
+            "art",
+            "sports",
+        ]
+    ),
+    "pop_culture_and_news": frozenset(
+        [
+            "anime",
+            "game",
+            "film",
+            "celebrities",
+            "posters",
+            "multi-subject-anime",
+            "multi-subject-celebrities",
+            "multi-subject-game",
+            "news",
+        ]
+    ),
+}
+"""KnowGen's category groups (tulerfeng/Gen-Searcher, KnowGen_Eval's group mapping)."""
+
+
+def protocol_for(kind: str, prompts: list[SuitePrompt]) -> Protocol | None:
+    """The benchmark's own scoring definition, labelled with its source."""
+    if kind == "wise":
+        return Protocol(
+            name="WISE_Verified",
+            source="PKU-YuanGroup/WISE (data_verified; VLM judge, binary score)",
+            metric="wise",
+            category_weights=dict(WISE_WEIGHTS),
+            note="overall = 0.40 x CULTURE + 0.12 x each of TIME, SPACE, BIOLOGY, PHYSICS, "
+            "CHEMISTRY",
+        )
+    if kind == "knowgen":
+        return Protocol(
+            name="KnowGen",
+            source="tulerfeng/Gen-Searcher (KnowGen-Bench; KnowGen_Eval scorer)",
+            metric="knowgen",
+            category_weights={g: 0.5 for g in KNOWGEN_GROUPS},
+            note="per item 0.1 F + 0.4 V + 0.4 T + 0.1 A; headline = mean of the two group means",
+        )
+    if kind == "geneval":
+        tags = sorted({p.category for p in prompts if p.category})
+        return Protocol(
+            name="GenEval-VLM",
+            source="djghosh13/geneval task file; scored here by VLM questions, not GenEval's "
+            "detector + CLIP: not comparable to the GenEval leaderboard",
+            metric="geneval_vlm",
+            category_weights={t: 1 / len(tags) for t in tags} if tags else None,
+            note="an image is correct when every question passes; overall = mean of per-tag "
+            "accuracies",
+        )
+    if kind == "t2i-compbench":
+        return Protocol(
+            name="T2I-CompBench (VLM judge)",
+            source="Karine-Huang/T2I-CompBench dataset folder; its detector/BLIP-VQA metrics are "
+            "not run here",
+            metric="requirements",
+        )
+    if kind == "dpg":
+        return Protocol(
+            name="DPG-Bench", source="TencentQQGYLab/ELLA dpg_bench", metric="requirements"
+        )
+    return None
 
 
 def _detect(path: Path) -> SuiteFormat:
     if path.is_dir():
         if (path / "evaluation_metadata.jsonl").is_file():
             return "geneval"
+        for candidate in sorted(path.glob("*.json*"))[:3]:
+            if candidate.suffix == ".jsonl" and "gt_image" in _first_json_line(candidate):
+                return "knowgen"
         if any(path.glob("*_val.txt")) or any(path.glob("*.txt")):
             return "t2i-compbench"
         if any(path.glob("*.json")):
@@ -162,13 +292,15 @@ def _detect(path: Path) -> SuiteFormat:
     if suffix == ".csv":
         return "dpg"
     if suffix == ".json":
-        return "wise"
+        return "knowgen" if '"gt_image"' in path.read_text(encoding="utf-8")[:4096] else "wise"
     if suffix == ".jsonl":
         first = _first_json_line(path)
         if "include" in first and "tag" in first:
             return "geneval"
         if "questions" in first or "question_natural_language" in first:
             return "dpg"
+        if "gt_image" in first:
+            return "knowgen"
         return "groundwork"
     raise SuiteError(f"cannot tell the format of {path} from its name; pass format=...")
 
@@ -223,9 +355,44 @@ def _article(noun: str) -> str:
     return ("an " if noun[:1].lower() in "aeiou" else "a ") + noun
 
 
+_IRREGULAR = {
+    "person": "people",
+    "mouse": "mice",
+    "knife": "knives",
+    "sheep": "sheep",
+    "skis": "skis",
+    "scissors": "scissors",
+    "skateboard": "skateboards",
+}
+
+
+def plural(noun: str) -> str:
+    """English plural of a (COCO class) noun phrase: its last word is inflected."""
+    head, _, last = noun.rpartition(" ")
+    word = last.lower()
+    if word in _IRREGULAR:
+        out = _IRREGULAR[word]
+    elif word.endswith(("s", "x", "z", "ch", "sh")):
+        out = last + "es"
+    elif word.endswith("y") and word[-2:-1] not in tuple("aeiou"):
+        out = last[:-1] + "ies"
+    elif word.endswith("fe"):
+        out = last[:-2] + "ves"
+    else:
+        out = last + "s"
+    return f"{head} {out}" if head else out
+
+
 def _count_phrase(n: int, noun: str) -> str:
     word = _NUMBERS[n] if 0 <= n < len(_NUMBERS) else str(n)
-    return _article(noun) if n == 1 else f"{word} {noun}{'' if noun.endswith('s') else 's'}"
+    return _article(noun) if n == 1 else f"{word} {plural(noun)}"
+
+
+def _exclude_question(count: int, cls: str) -> str:
+    if count <= 1:
+        return f"Does the image show no {plural(cls)}?"
+    word = _NUMBERS[count] if count < len(_NUMBERS) else str(count)
+    return f"Does the image show fewer than {word} {plural(cls)}?"
 
 
 def _load_geneval(path: Path) -> tuple[list[SuitePrompt], list[Path]]:
@@ -281,7 +448,7 @@ def _load_geneval(path: Path) -> tuple[list[SuitePrompt], list[Path]]:
             reqs.append(
                 Requirement(
                     id=f"exclude{j}",
-                    question=f"Does the image show fewer than {exc_.get('count', 1)} {cls}?",
+                    question=_exclude_question(int(exc_.get("count", 1)), cls),
                     kind="count",
                 )
             )
@@ -300,23 +467,44 @@ def _load_geneval(path: Path) -> tuple[list[SuitePrompt], list[Path]]:
 # -- T2I-CompBench ---------------------------------------------------------------------------
 
 
-def _load_t2i_compbench(path: Path) -> tuple[list[SuitePrompt], list[Path]]:
-    """T2I-CompBench: `<category>_val.txt` (or `_train`), one prompt a line, no requirements
-    (its metrics are detectors and BLIP-VQA on the prompt's noun phrases); the judge metric
-    then asks one whole-prompt question."""
+_SPLITS = ("train", "val", "test")
+
+
+def _split_of(stem: str) -> tuple[str, str]:
+    for split in _SPLITS:
+        if stem.endswith(f"_{split}"):
+            return stem.removesuffix(f"_{split}"), split
+    return stem, ""
+
+
+def _load_t2i_compbench(
+    path: Path, split: str | None = None
+) -> tuple[list[SuitePrompt], list[Path]]:
+    """T2I-CompBench's published folder: `<category>_train.txt` and `<category>_val.txt`, one
+    prompt a line. Evaluations use val: a folder loads its val files unless `split` says
+    train or all; the split stays a field of each prompt (meta and tags). No requirements of
+    its own (its metrics are detectors and BLIP-VQA): the judge asks one whole-prompt question."""
     files = sorted(path.glob("*.txt")) if path.is_dir() else [path]
+    if path.is_dir():
+        want = split or ("val" if any(_split_of(f.stem)[1] == "val" for f in files) else "all")
+        if want != "all":
+            files = [f for f in files if _split_of(f.stem)[1] == want]
+            if not files:
+                raise SuiteError(f"{path}: no *_{want}.txt files")
     prompts = []
     for file in files:
-        category = file.stem.removesuffix("_val").removesuffix("_train").removesuffix("_test")
+        category, file_split = _split_of(file.stem)
         with file.open(encoding="utf-8") as f:
             lines = [line.strip() for line in f if line.strip()]
         for i, text in enumerate(lines):
             prompts.append(
                 SuitePrompt(
-                    id=f"{category}-{i:04d}",
+                    id=f"{category}-{file_split}-{i:04d}" if file_split else f"{category}-{i:04d}",
                     prompt=text,
                     category=category,
                     requirements=[_whole_prompt_requirement(text)],
+                    tags=[file_split] if file_split else [],
+                    meta={"split": file_split, "line": i + 1, "file": file.name},
                 )
             )
     return prompts, files
@@ -357,14 +545,20 @@ def _load_wise(path: Path) -> tuple[list[SuitePrompt], list[Path]]:
                 raise SuiteError(f"{file}[{i}]: a WISE record needs 'Prompt'")
             explanation = str(_ci(rec, "explanation") or "").strip()
             pid = _ci(rec, "prompt_id")
+            answer = str(_ci(rec, "answer") or "").strip()
             reqs = [_whole_prompt_requirement(str(text))]
             if explanation:
+                # The Explanation restates the riddle and names the answer: the `wise` judge
+                # metric reads it with the image. It is no fact to match words against (that
+                # rewards restating the riddle); an answer entity counts only where the file
+                # provides one (`Answer`).
                 reqs = [
                     Requirement(
                         id="explanation",
-                        question="Does the image match this description: "
-                        f"{explanation.rstrip(' .?')}?",
-                        fact=explanation,
+                        question="Does the image show what this explanation says the prompt "
+                        f"means: {explanation.rstrip(' .?')}?",
+                        fact=answer,
+                        aliases=[answer] if answer else [],
                         kind="knowledge",
                     )
                 ]
@@ -372,9 +566,74 @@ def _load_wise(path: Path) -> tuple[list[SuitePrompt], list[Path]]:
                 SuitePrompt(
                     id=str(pid if pid is not None else f"{file.stem}-{i}"),
                     prompt=str(text),
-                    category=str(_ci(rec, "subcategory") or _ci(rec, "category") or file.stem),
+                    category=wise_category(pid, rec, file.stem),
                     requirements=reqs,
+                    tags=[str(_ci(rec, "subcategory") or "")] if _ci(rec, "subcategory") else [],
                     meta=rec,
+                )
+            )
+    return prompts, files
+
+
+def wise_category(pid: Any, rec: dict[str, Any], fallback: str) -> str:
+    """CULTURE, TIME, SPACE, BIOLOGY, PHYSICS or CHEMISTRY by prompt_id, as WISE defines them;
+    the record's own Category where the id is outside those ranges."""
+    try:
+        n = int(pid)
+    except (TypeError, ValueError):
+        n = -1
+    for name, lo, hi in WISE_CATEGORIES:
+        if lo <= n <= hi:
+            return name
+    return str(_ci(rec, "category") or fallback).upper()
+
+
+# -- KnowGen ---------------------------------------------------------------------------------
+
+
+def knowgen_group(category: str) -> str:
+    c = category.strip().lower()
+    for group, members in KNOWGEN_GROUPS.items():
+        if c == group or c in members:
+            return group
+    return "other"
+
+
+def _load_knowgen(path: Path) -> tuple[list[SuitePrompt], list[Path]]:
+    """KnowGen-Bench: `{id, prompt, meta: {category, difficulty}, gt_image}` records (a JSON
+    list or JSONL). The category folds into its group (science_and_knowledge or
+    pop_culture_and_news); `gt_image` (relative to the file) is an input of the judge only."""
+    files = sorted(p for p in path.glob("*.json*")) if path.is_dir() else [path]
+    prompts: list[SuitePrompt] = []
+    for file in files:
+        if file.suffix == ".jsonl":
+            records = [(f"{file.name}:{no}", r) for no, r in _jsonl(file)]
+        else:
+            try:
+                data = json.loads(file.read_text(encoding="utf-8"))
+            except json.JSONDecodeError as exc:
+                raise SuiteError(f"{file}: not JSON: {exc}") from exc
+            if not isinstance(data, list):
+                raise SuiteError(f"{file}: a KnowGen file is a JSON list of items")
+            records = [(f"{file.name}[{i}]", r) for i, r in enumerate(data)]
+        for where, rec in records:
+            if not isinstance(rec, dict) or not rec.get("prompt") or rec.get("id") is None:
+                raise SuiteError(f"{where}: a KnowGen item needs id and prompt")
+            raw_meta = rec.get("meta")
+            meta: dict[str, Any] = raw_meta if isinstance(raw_meta, dict) else {}
+            category = str(meta.get("category") or "")
+            gt = rec.get("gt_image")
+            gt_path = ""
+            if gt:
+                p = Path(str(gt))
+                gt_path = str(p if p.is_absolute() else file.parent / p)
+            prompts.append(
+                SuitePrompt(
+                    id=str(rec["id"]),
+                    prompt=str(rec["prompt"]),
+                    category=knowgen_group(category),
+                    tags=[t for t in (category, str(meta.get("difficulty") or "")) if t],
+                    meta={**rec, "gt_image": gt_path},
                 )
             )
     return prompts, files

@@ -115,6 +115,73 @@ class Generator(Protocol):
     async def aclose(self) -> None: ...
 
 
+@runtime_checkable
+class JobGenerator(Protocol):
+    """A generator a queue worker can serve: it polls `should_cancel` between steps."""
+
+    async def generate(
+        self,
+        request: GenerationRequest,
+        on_progress: ProgressCallback | None = None,
+        *,
+        should_cancel: Callable[[], bool] | None = None,
+    ) -> GenerationResult: ...
+
+    async def aclose(self) -> None: ...
+
+
+# -- optional capabilities: checked with isinstance(), never found by getattr ---------------
+# (the describing ones, `capabilities()` and `prompt_budget()`, are declared beside the types
+# they return: generators.capabilities.Describes and generators.prompt_budget.CountsTokens)
+
+
+@runtime_checkable
+class Warmable(Protocol):
+    """Loads its model ahead of the first request (and, when its settings ask, makes one
+    warm-up image). `wait=False` starts it in the background and returns at once; the first
+    `generate` that needs the model awaits the same load and raises its error."""
+
+    async def warm(self, model: str | None = None, *, wait: bool = False) -> None: ...
+
+
+@runtime_checkable
+class BatchGenerator(Protocol):
+    """Runs several requests in one call (compatible ones share a pipeline call): a queue
+    worker hands it up to `max_batch_size` jobs of one read."""
+
+    async def generate_batch(
+        self,
+        requests: Sequence[GenerationRequest],
+        on_progress: Sequence[ProgressCallback | None] | None = None,
+        *,
+        should_cancel: Callable[[], bool] | None = None,
+    ) -> list[GenerationResult]: ...
+
+
+@runtime_checkable
+class SeedBatchGenerator(Protocol):
+    """Makes one request with several seeds at once (best-of-N in one pipeline call)."""
+
+    async def generate_many(
+        self,
+        request: GenerationRequest,
+        seeds: Sequence[int],
+        on_progress: ProgressCallback | None = None,
+    ) -> list[GenerationResult]: ...
+
+
+@runtime_checkable
+class NamesModel(Protocol):
+    """Knows the model it uses when a request names none."""
+
+    @property
+    def default_model(self) -> str | None: ...
+
+
+def default_model_of(generator: object) -> str | None:
+    return generator.default_model if isinstance(generator, NamesModel) else None
+
+
 async def generate_many(
     generator: Generator,
     request: GenerationRequest,
@@ -127,10 +194,8 @@ async def generate_many(
     does it at once; any other `Generator` (the queue client, noop) gets one `generate` per
     seed, one after the other. Each result equals what `generate(request with that seed)` gives.
     """
-    own = getattr(generator, "generate_many", None)
-    if own is not None:
-        results: list[GenerationResult] = await own(request, list(seeds), on_progress)
-        return results
+    if isinstance(generator, SeedBatchGenerator):
+        return await generator.generate_many(request, list(seeds), on_progress)
     return [
         await generator.generate(request.model_copy(update={"seed": s}), on_progress) for s in seeds
     ]

@@ -50,3 +50,23 @@ def batch_key(request: GenerationRequest, default_model: str) -> tuple[object, .
         request.guidance_scale,
         request.scheduler,
     )
+
+
+MIN_EDIT_STRENGTH = 0.01
+"""An edit at strength 0 would change nothing and leave no step to run; it runs as this."""
+
+
+def edit_steps(steps: int, strength: float) -> int:
+    """`num_inference_steps` for an img2img/inpaint call that runs at least one denoising step.
+
+    diffusers' SD-style edit pipelines run the last int(n * strength) steps of an n-step
+    schedule, so sd-turbo's 2 steps at any strength below 0.5 ran none and crashed ("cannot
+    reshape tensor of 0 elements", issue 21.2). When `steps` leaves no step, the schedule is
+    lengthened to the shortest one that leaves exactly one: the noise level stays what
+    `strength` asks, and the work stays one step. Any `steps` >= 1, any strength in [0, 1].
+    """
+    strength = min(1.0, max(MIN_EDIT_STRENGTH, strength))
+    n = max(1, steps)
+    while min(int(n * strength), n) < 1:  # diffusers' own expression (get_timesteps)
+        n += 1
+    return n

@@ -11,12 +11,13 @@ plus the generator settings the workers share.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, Field
 
-from generators.base import GeneratorError
+from generators.base import GeneratorError, default_model_of
 from generators.families import (
     IP_ADAPTER_MAX_IMAGES,
     Family,
@@ -63,6 +64,14 @@ class GeneratorCapabilities(BaseModel):
     batched_seeds: bool = Field(
         default=False, description="generate_many makes N seeds in one pipeline call."
     )
+
+
+@runtime_checkable
+class Describes(Protocol):
+    """A generator that can say what a model can do itself (the diffusers backend reads its
+    loaded pipeline); any other is described from the model's files by `capabilities()`."""
+
+    async def capabilities(self, model: str | None = None) -> GeneratorCapabilities: ...
 
 
 def describe(
@@ -160,15 +169,9 @@ async def capabilities(
     reads the model's configs and tokenizers (`static_capabilities`), with `settings` telling
     what the workers are configured with.
     """
-    own = getattr(generator, "capabilities", None)
-    if own is not None:
-        caps: GeneratorCapabilities = await own(model)
-        return caps
-    import asyncio
-
-    name = (
-        model or getattr(generator, "default_model", None) or (settings.model if settings else None)
-    )
+    if isinstance(generator, Describes):
+        return await generator.capabilities(model)
+    name = model or default_model_of(generator) or (settings.model if settings else None)
     if not name:
         return GeneratorCapabilities(
             model="", references_why="the generator names no model", prompt_budget_why="no model"

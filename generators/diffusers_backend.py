@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from core.artifacts import ArtifactNotFound, ArtifactStore
 from core.device import resolve_device, resolve_dtype
+from core.imports import heavy_imports
 from generators.base import (
     GenerationCancelled,
     GenerationRequest,
@@ -37,7 +38,7 @@ from generators.base import (
     ProgressCallback,
     ReferenceUse,
 )
-from generators.batching import batch_key, snap_size
+from generators.batching import MIN_EDIT_STRENGTH, batch_key, edit_steps, snap_size
 from generators.capabilities import GeneratorCapabilities, describe, static_capabilities
 from generators.families import IP_ADAPTER_MAX_IMAGES, ModelInfo, info_from_pipeline, model_info
 from generators.ip_adapter import ip_adapter_plan, load_ip_adapter
@@ -53,6 +54,10 @@ log = logging.getLogger(__name__)
 
 _HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _FIX_ENV = "GROUNDWORK_GENERATOR__MODEL"
+LORA_MANIFEST = "groundwork_lora.json"
+"""A "tuned folder" (written by `groundwork tune feedback|curate`) holds this manifest naming
+its base model, and diffusers LoRA weights: used as a model, it loads the base plus the LoRA."""
+LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
 
 SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
     "ddim": ("DDIMScheduler", {}),
@@ -75,6 +80,9 @@ class ResolvedModel:
     model: str
     source: Literal["folder", "cache", "hub"]
     location: str
+    lora: str | None = None
+    """A tuned folder's LoRA on top of `model` (then the base model's id or folder)."""
+    lora_weight_name: str = LORA_WEIGHTS
 
 
 def _offline(local_files_only: bool) -> bool:
@@ -113,6 +121,8 @@ def resolve_model(model: str, *, local_files_only: bool) -> ResolvedModel:
                 f"tests.support.tiny_pipeline {folder}` for a tiny test pipeline), or use a hub "
                 "id like stabilityai/sd-turbo"
             )
+        if (folder / LORA_MANIFEST).is_file() and not (folder / "model_index.json").is_file():
+            return _resolve_tuned(folder, local_files_only=local_files_only)
         if not (folder / "model_index.json").is_file():
             raise ModelNotFoundError(
                 f"generator model folder {folder} has no model_index.json, so it is not a "
@@ -153,6 +163,33 @@ def resolve_model(model: str, *, local_files_only: bool) -> ResolvedModel:
             "to a local pipeline folder"
         )
     return ResolvedModel(model, "hub", f"https://huggingface.co/{model}")
+
+
+def _resolve_tuned(folder: Path, *, local_files_only: bool) -> ResolvedModel:
+    """A tuned folder: its manifest's base model (resolved as usual) plus its LoRA weights."""
+    import json
+
+    try:
+        manifest = json.loads((folder / LORA_MANIFEST).read_text(encoding="utf-8"))
+        base = str(manifest["base_model"])
+        weight = str(manifest.get("weight_name") or LORA_WEIGHTS)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ModelNotFoundError(
+            f"tuned folder {folder} has an unreadable {LORA_MANIFEST} ({type(e).__name__}: {e}); "
+            "fix: rerun the `groundwork tune` command that wrote it"
+        ) from e
+    if not (folder / weight).is_file():
+        raise ModelNotFoundError(
+            f"tuned folder {folder} lacks its LoRA weights {weight}; fix: rerun the `groundwork "
+            "tune` command that wrote it (or copy the whole folder)"
+        )
+    resolved = resolve_model(base, local_files_only=local_files_only)
+    if resolved.lora is not None:
+        raise ModelNotFoundError(
+            f"tuned folder {folder} names another tuned folder ({base}) as its base; fix: "
+            "point base_model at a diffusers model"
+        )
+    return ResolvedModel(base, resolved.source, resolved.location, str(folder), weight)
 
 
 def _hub_unreachable_errors() -> tuple[type[BaseException], ...]:
@@ -209,6 +246,11 @@ class _Loaded:
     info: ModelInfo
     ip_adapter: bool = False
     ip_why: str = ""
+    base: str = ""
+    """Where the base weights came from; a request for the same base with another (or no)
+    tuned LoRA switches adapters instead of reloading the pipeline."""
+    lora: str | None = None
+    adapters: dict[str, str] = field(default_factory=dict)
     modes: dict[str, Any] = field(default_factory=dict)
     schedulers: dict[str, Any] = field(default_factory=dict)
     budget: PromptBudget | None = None
@@ -241,6 +283,37 @@ class _Loaded:
         return self.schedulers[name]
 
 
+def _use_lora(loaded: _Loaded, resolved: ResolvedModel) -> None:
+    """Make the resident pipeline run with the tuned folder's LoRA (loaded once, kept as a named
+    adapter) or with none; img2img/inpaint pipelines share the UNet, so they follow."""
+    import hashlib
+
+    if resolved.lora == loaded.lora:
+        return
+    pipe = loaded.pipe
+    if resolved.lora is None:
+        pipe.disable_lora()
+        loaded.lora = None
+        return
+    name = loaded.adapters.get(resolved.lora)
+    if name is None:
+        name = "tuned_" + hashlib.sha256(resolved.lora.encode()).hexdigest()[:12]
+        try:
+            pipe.load_lora_weights(
+                resolved.lora, weight_name=resolved.lora_weight_name, adapter_name=name
+            )
+        except (OSError, ValueError, KeyError, RuntimeError) as e:
+            raise GeneratorError(
+                f"the LoRA of tuned folder {resolved.lora} does not load onto {resolved.model} "
+                f"({type(e).__name__}: {_first_line(e)}); fix: use the base model it was "
+                "trained on, or retrain it"
+            ) from e
+        loaded.adapters[resolved.lora] = name
+    pipe.enable_lora()
+    pipe.set_adapters([name])
+    loaded.lora = resolved.lora
+
+
 def _first_line(e: BaseException) -> str:
     return str(e).splitlines()[0] if str(e) else ""
 
@@ -248,8 +321,9 @@ def _first_line(e: BaseException) -> str:
 class DiffusersGenerator:
     """A `Generator` running a diffusers pipeline in this process (CPU, CUDA or MPS).
 
-    Beyond the protocol: `warm()` (load in the background), `generate_many()` (best-of-N in
-    one call), `capabilities()`, `prompt_budget()`, and `loads` (pipelines loaded so far).
+    Beyond the protocol it has every optional capability (generators.base.Warmable,
+    BatchGenerator, SeedBatchGenerator; capabilities.Describes; prompt_budget.CountsTokens)
+    and `loads` (pipelines loaded so far).
     """
 
     def __init__(self, settings: GeneratorSettings, store: ArtifactStore) -> None:
@@ -261,6 +335,12 @@ class DiffusersGenerator:
         self._closed = False
         self._warming: dict[str, concurrent.futures.Future[None]] = {}
         self._loader: concurrent.futures.ThreadPoolExecutor | None = None
+        self.warm_errors: dict[str, GeneratorError] = {}
+        """Why the last background load (warm-up) of a model failed, per model."""
+
+    @property
+    def default_model(self) -> str:
+        return self.settings.model
 
     # -- loading -------------------------------------------------------------------------
 
@@ -278,6 +358,11 @@ class DiffusersGenerator:
         resolved = resolve_model(model, local_files_only=self.settings.local_files_only)
         device = resolve_device(self.settings.device)
         try:
+            loaded = self._loaded
+            if loaded is not None and loaded.base == resolved.location and loaded.device == device:
+                _use_lora(loaded, resolved)
+                loaded.model = model
+                return loaded
             return self._load_resolved(model, resolved, device)
         except GeneratorError:
             raise
@@ -289,6 +374,7 @@ class DiffusersGenerator:
             ) from e
 
     def _load_resolved(self, model: str, resolved: ResolvedModel, device: str) -> _Loaded:
+        heavy_imports("diffusers")  # never beside another thread's import (issue 21.3)
         import torch
         from diffusers import AutoPipelineForText2Image, DiffusionPipeline
 
@@ -298,8 +384,8 @@ class DiffusersGenerator:
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
         dtype = resolve_dtype(self.settings.dtype, device)
-        source = resolved.location if resolved.source == "folder" else model
-        static = model_info(resolved.location if resolved.source == "folder" else model)
+        source = resolved.location if resolved.source == "folder" else resolved.model
+        static = model_info(source)
         # AutoPipelineForText2Image has no entry for editing pipelines (Qwen-Image-Edit):
         # load those as the class their model_index.json names.
         loader = (
@@ -337,7 +423,9 @@ class DiffusersGenerator:
             info=info,
             ip_adapter=ip,
             ip_why=ip_why,
+            base=resolved.location,
         )
+        _use_lora(loaded, resolved)
         if self.settings.scheduler:
             pipe.scheduler = loaded.scheduler(self.settings.scheduler)
             loaded.default_scheduler = pipe.scheduler
@@ -363,7 +451,8 @@ class DiffusersGenerator:
                 log.info("torch.compile(%s, mode=%s)", name, self.settings.compile_mode)
 
     async def warm(self, model: str | None = None, *, wait: bool = False) -> None:
-        """Start loading `model` (None = the default) in a background thread and return.
+        """Start loading `model` (None = the default) in a background thread and return;
+        with `compile` or `warmup` set, the same thread then makes one warm-up image.
 
         Idempotent: a load in progress or done is not started again. `generate` awaits the
         same load; if it failed, the first `generate` that needs the model raises that same
@@ -387,7 +476,19 @@ class DiffusersGenerator:
             )
 
         def load() -> None:
-            self._locked(lambda: self._load(model))
+            try:
+                self._locked(lambda: self._load(model))
+                if self.settings.compile or self.settings.warmup:
+                    # compile on: the first call per shape compiles for minutes; made here so
+                    # no user request pays for it.
+                    self._locked(lambda: self._warm_image(model))
+            except GeneratorError as e:
+                # Recorded where an operator looks (the log, `warm_errors`), not only in the
+                # future that the first generate() re-raises (issue 21.3).
+                self.warm_errors[model] = e
+                log.warning("warm-up of %s failed: %s", model, e, exc_info=e.__cause__ or e)
+                raise
+            self.warm_errors.pop(model, None)
 
         future = self._loader.submit(load)
         self._warming[model] = future
@@ -405,21 +506,13 @@ class DiffusersGenerator:
                 del self._warming[model]
             raise
 
-    async def warmup(self) -> float:
-        """Load the default model and make one image at the default size; returns seconds.
-
-        With compile on, the first call per shape compiles for minutes; a worker does it before
-        taking jobs so no user request pays for it.
-        """
-        t0 = time.perf_counter()
+    def _warm_image(self, model: str) -> None:
+        """One image at the default size (called with the pipeline loaded, in the loader)."""
         s = self.settings
-        if s.compile or s.warmup:
-            await self.generate(
-                GenerationRequest(prompt="warm-up", width=s.width, height=s.height, seed=0)
-            )
-        else:
-            await self.warm(wait=True)
-        return time.perf_counter() - t0
+        request = GenerationRequest(
+            prompt="warm-up", model=model, width=s.width, height=s.height, seed=0
+        )
+        self._run([request], [None], None)
 
     def _locked(self, fn: Callable[[], Any]) -> Any:
         with self._lock:
@@ -726,7 +819,8 @@ class DiffusersGenerator:
                     f"mode {first.mode} needs init_image (sha256 of the image to edit)"
                 )
             kwargs["image"] = self._image(first.init_image, "init_image", (width, height))
-            kwargs["strength"] = first.strength
+            kwargs["strength"] = max(first.strength, MIN_EDIT_STRENGTH)
+            kwargs["num_inference_steps"] = edit_steps(steps, first.strength)
             if first.mode == "inpaint":
                 if first.mask_image is None:
                     raise GeneratorError("mode inpaint needs mask_image (sha256 of the mask)")
@@ -786,6 +880,7 @@ class DiffusersGenerator:
                     "model": model,
                     "mode": r.mode,
                     "steps": steps,
+                    "scheduled_steps": kwargs["num_inference_steps"],
                     "guidance_scale": guidance,
                     "scheduler": sched_name,
                     "strength": r.strength if r.mode != "text2img" else None,

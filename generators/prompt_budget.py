@@ -10,15 +10,17 @@ when the model ships a `tokenizer.json` (the `tokenizers` library, no torch).
 
 from __future__ import annotations
 
-import functools
 import json
 import os
+import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
-from generators.base import ModelNotFoundError
+from core.imports import heavy_imports
+from generators.base import ModelNotFoundError, default_model_of
 from generators.families import Family, ModelInfo, info_from_configs, info_from_pipeline
 
 SEQUENCE_TOKENIZERS: dict[Family, tuple[str, int]] = {
@@ -104,13 +106,34 @@ class PromptBudget:
     def from_model(cls, model: str, *, local_files_only: bool | None = None) -> PromptBudget:
         """The budget of a model folder or hub id, loading only its tokenizer files.
 
-        A hub id is looked up in the HF cache; when it is missing there and downloads are
-        allowed, only `model_index.json` and the tokenizer folders are fetched (kilobytes).
-        Results are cached per (model, local_files_only).
+        A hub id is looked up in the HF cache first (no network); only when the cache cannot
+        answer and downloads are allowed (not `local_files_only`, not HF_HUB_OFFLINE) are
+        `model_index.json` and the tokenizer folders fetched (kilobytes). The answer, or the
+        failure, is kept per model and process (a failure for FAILURE_TTL_S), so a run never
+        waits on the hub for what an earlier run already asked (issue 21.4).
         """
-        if local_files_only is None:
-            local_files_only = _env_offline()
-        return _from_model(model, local_files_only)
+        offline = bool(local_files_only) or _env_offline()
+        key = (model, offline)
+        with _resolve_lock:  # concurrent runs wait for one resolution, not one each
+            hit = _resolved.get(key)
+            if isinstance(hit, PromptBudget):
+                return hit
+            if hit is not None and time.monotonic() - hit[1] < FAILURE_TTL_S:
+                raise hit[0]
+            try:
+                budget = _from_model(model, offline)
+            except ModelNotFoundError as e:
+                _resolved[key] = (e, time.monotonic())
+                raise
+            _resolved[key] = budget
+            return budget
+
+
+FAILURE_TTL_S = 600.0
+"""How long a model whose tokenizers could not be found is not asked for again."""
+
+_resolve_lock = threading.Lock()
+_resolved: dict[tuple[str, bool], PromptBudget | tuple[ModelNotFoundError, float]] = {}
 
 
 def _env_offline() -> bool:
@@ -159,8 +182,31 @@ def _counter_from_tokenizers(name: str, tk: Any, limit: int) -> TokenCounter:
     return TokenCounter(name, limit, encode)
 
 
+def _cached_snapshot(model: str) -> Path | None:
+    """The cached snapshot of a hub model with its model_index.json and every tokenizer
+    folder it lists, or None (nothing cached, or only part of it): never touches the network."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        root = Path(snapshot_download(model, local_files_only=True))
+    except (LocalEntryNotFoundError, OSError, ValueError):
+        return None
+    index_path = root / "model_index.json"
+    if not index_path.is_file():
+        return None
+    index = json.loads(index_path.read_text())
+    needed = [
+        name
+        for name, value in index.items()
+        if name.startswith("tokenizer") and isinstance(value, list) and value and value[0]
+    ]
+    return root if all((root / name).is_dir() for name in needed) else None
+
+
 def _snapshot(model: str, local_files_only: bool) -> Path:
-    """The folder holding model_index.json and the tokenizer folders of `model`."""
+    """The folder holding model_index.json and the tokenizer folders of `model`: a local
+    folder, else the HF cache, else (when allowed) a download of just those files."""
     folder = Path(model).expanduser()
     if folder.is_dir():
         if not (folder / "model_index.json").is_file():
@@ -169,6 +215,9 @@ def _snapshot(model: str, local_files_only: bool) -> Path:
                 "point GROUNDWORK_GENERATOR__MODEL at a diffusers pipeline folder"
             )
         return folder
+    cached = _cached_snapshot(model)
+    if cached is not None:
+        return cached
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
@@ -204,12 +253,12 @@ def _counter_from_folder(
         return _counter_from_tokenizers(
             name, Tokenizer.from_file(str(folder / "tokenizer.json")), limit
         )
+    heavy_imports("transformers")  # may run beside a pipeline load (issue 21.3)
     from transformers import AutoTokenizer  # slow tokenizers (vocab.json + merges.txt, spiece)
 
     return _counter_from_object(name, AutoTokenizer.from_pretrained(str(folder)), limit)
 
 
-@functools.lru_cache(maxsize=16)
 def _from_model(model: str, local_files_only: bool) -> PromptBudget:
     root = _snapshot(model, local_files_only)
     index = json.loads((root / "model_index.json").read_text())
@@ -231,14 +280,19 @@ def _from_model(model: str, local_files_only: bool) -> PromptBudget:
     return PromptBudget(counters, model=model)
 
 
+@runtime_checkable
+class CountsTokens(Protocol):
+    """A generator that counts its model's prompt budget itself (from its loaded pipeline)."""
+
+    def prompt_budget(self, model: str | None = None) -> PromptBudget: ...
+
+
 def prompt_budget(generator: Any, model: str | None = None) -> PromptBudget:
     """The budget for any `Generator`: its own `prompt_budget(model)` when it has one (the
     diffusers backend), else read from the model's tokenizer files (the queue client)."""
-    own = getattr(generator, "prompt_budget", None)
-    if own is not None:
-        budget: PromptBudget = own(model)
-        return budget
-    name = model or getattr(generator, "default_model", None)
+    if isinstance(generator, CountsTokens):
+        return generator.prompt_budget(model)
+    name = model or default_model_of(generator)
     if not name:
         raise ModelNotFoundError(
             "the generator names no default model, so its prompt budget is unknown; pass model="

@@ -12,10 +12,11 @@ class GeneratorSettings(BaseModel):
         default="stabilityai/sd-turbo",
         description="Diffusers model id on the Hugging Face hub, or a local pipeline folder.",
     )
-    backend: Literal["inprocess", "queue"] = Field(
+    backend: str = Field(
         default="inprocess",
-        description="inprocess: load the pipeline in this process; queue: send jobs to "
-        "`groundwork worker` processes through Redis Streams.",
+        description="A name of generators.factory.BACKENDS. inprocess (alias diffusers): load "
+        "the pipeline in this process; queue: send jobs to `groundwork worker` processes "
+        "through Redis Streams; noop: flat images, no model (tests, benchmarks).",
     )
     device: str = Field(default="auto", description="auto, cpu, cuda, cuda:1, mps ...")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
@@ -82,6 +83,16 @@ class GeneratorSettings(BaseModel):
     ip_adapter_scale: float = Field(
         default=0.6, ge=0.0, le=2.0, description="How strongly reference images steer the image."
     )
+
+    @field_validator("backend")
+    @classmethod
+    def _norm_backend(cls, v: str) -> str:
+        """Names are looked up in generators.factory.BACKENDS when the generator is made
+        (this module cannot import the registry: the registry imports these settings)."""
+        v = v.strip().lower()
+        if not v:
+            raise ValueError("backend is empty; use inprocess, queue or noop")
+        return v
 
     @field_validator("size_buckets")
     @classmethod

@@ -21,21 +21,20 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, get_args
 
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph.state import CompiledStateGraph
 
 from agent.services import Services
-from agent.settings import RunContext, Settings
+from agent.settings import Policy, RunContext, Settings
 from agent.state import RunInput, RunOutput, RunState
 from core.errors import GroundworkError, InputError
 from graphs.planned import build_planned
 from graphs.react import build_react
 
-Policy = Literal["planned", "react"]
 Graph = CompiledStateGraph[RunState, RunContext, RunInput, RunOutput]
-POLICIES: dict[str, Callable[[Services, BaseCheckpointSaver | None], Graph]] = {
+POLICIES: dict[str, Callable[..., Graph]] = {
     "planned": build_planned,
     "react": build_react,
 }
@@ -51,8 +50,10 @@ def build_graph(
     *,
     policy: Policy = "planned",
     services: Services | None = None,
+    run_folders: bool = False,
 ) -> Graph:
-    """Compile a policy graph.
+    """Compile a policy graph. `run_folders`: the graph writes each turn's run folder itself
+    (for LangGraph Server / `langgraph dev`; the Runner writes them otherwise).
 
     Pass `services` to control their lifetime (`await services.aclose()`); without it the graph
     makes its own, and the embedded LLM server, if one is started, stops when the process exits.
@@ -65,7 +66,7 @@ def build_graph(
         raise InputError(
             f"unknown policy {policy!r}; available: {', '.join(get_args(Policy))}"
         ) from None
-    return factory(services, checkpointer)
+    return factory(services, checkpointer, run_folders=run_folders)
 
 
 def check_database(path: Path) -> str | None:
@@ -102,7 +103,15 @@ def check_database(path: Path) -> str | None:
 async def open_checkpointer(
     settings: Settings, *, on_notice: Callable[[str], Any] | None = None
 ) -> AsyncIterator[BaseCheckpointSaver]:
-    """The default persistence: a SQLite file, so a killed run resumes by its thread id."""
+    """Checkpoints, so a killed run resumes by its thread id: the SQLite file by default,
+    PostgreSQL when `GROUNDWORK_STORE__URL` names one (graphs/store.py)."""
+    if settings.store.is_postgres():
+        from graphs.store import open_postgres_checkpointer
+
+        async with open_postgres_checkpointer(settings.store) as pg_saver:
+            yield pg_saver
+        return
+
     from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
     path = settings.checkpoint_db.expanduser()

@@ -13,6 +13,7 @@ run a thread (a lock in the checkpoint database).
 from __future__ import annotations
 
 import asyncio
+import errno
 import sqlite3
 import uuid
 from collections.abc import Callable
@@ -26,15 +27,20 @@ from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.types import Command
 from typing_extensions import TypedDict
 
-from agent.report import check_writable, make_run_dir, write_run
 from agent.services import Services
 from agent.settings import RunContext, Settings
 from agent.stages.intake import validate_prompt
 from agent.state import RunOutput
-from agent.trace import read_trace
 from core.errors import GroundworkError, InputError
 from graphs.build import CheckpointError, Graph, Policy, build_graph, open_checkpointer
-from graphs.locks import ThreadLock
+from graphs.locks import thread_lock
+from graphs.run_folder import check_writable, write_turn
+
+_NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+class DiskFull(GroundworkError):
+    """A write during the run found the disk full; the thread resumes once there is room."""
 
 
 class RunEvent(TypedDict):
@@ -146,7 +152,7 @@ class Runner:
 
     async def pending(self, thread_id: str, policy: Policy = "planned") -> tuple[str, ...]:
         snapshot = await self.graph(policy).aget_state(self.config(thread_id))
-        return tuple(snapshot.next)
+        return tuple(snapshot.next) or tuple(t.name for t in snapshot.tasks)
 
     async def values(self, thread_id: str, policy: Policy = "planned") -> dict[str, Any]:
         snapshot = await self.graph(policy).aget_state(self.config(thread_id))
@@ -175,12 +181,15 @@ class Runner:
             check_writable(settings.runs_dir)
         graph = self.graph(policy)
         config = self.config(thread_id)
-        lock = ThreadLock(settings.checkpoint_db.expanduser(), thread_id)
-        # SQLite calls off the event loop: the checkpoint saver shares the file and the loop.
-        await asyncio.to_thread(lock.acquire)
+        lock = thread_lock(settings, thread_id)
+        # Off the event loop and cancel-safe: a cancelled start still releases the lock.
+        await lock.acquire_async()
         try:
             snapshot = await graph.aget_state(config)
-            pending = tuple(snapshot.next)
+            # A task whose writes were saved but whose checkpoint was not (the disk filled
+            # between the two) is not in `next`, yet the thread is unfinished: resuming applies
+            # those writes and goes on.
+            pending = tuple(snapshot.next) or tuple(t.name for t in snapshot.tasks)
             stored = dict(snapshot.values)
             graph_input: Any  # RunInput, a Command answering an interrupt, or None to resume
             waiting = any(task.interrupts for task in snapshot.tasks)
@@ -208,17 +217,37 @@ class Runner:
             self.services.warm_up(settings)
             error: str | None = None
             try:
-                async for mode, chunk in graph.astream(
+                # subgraphs=True: a loop compiled as a subgraph (react) streams its stages,
+                # tool calls and LLM calls as they happen; its node's closing update in the
+                # parent repeats those stages and is skipped.
+                live: set[str] = set()
+                async for namespace, mode, chunk in graph.astream(
                     graph_input,
                     config,
                     context=context,
                     stream_mode=["updates", "custom"],
                     durability="sync",
+                    subgraphs=True,
                 ):
+                    if namespace:
+                        live.add(namespace[0].split(":", 1)[0])
+                    elif mode == "updates":
+                        chunk = {
+                            k: v for k, v in cast(dict[str, Any], chunk).items() if k not in live
+                        }
                     for event in to_events(mode, chunk):
                         emit(event)
             except InputError:
                 raise
+            except OSError as exc:
+                if exc.errno not in _NO_SPACE:
+                    raise
+                # The artifact store or a cache could not grow: one line, and how to go on.
+                raise DiskFull(
+                    f"no space left on the device ({exc.filename or exc.strerror}); free disk "
+                    f"space, then resume with groundwork run --thread {thread_id} (finished "
+                    "stages are not repeated)"
+                ) from exc
             except sqlite3.Error as exc:
                 # The checkpoint database failed mid-run (disk full, file damaged): one line.
                 raise CheckpointError(
@@ -246,26 +275,7 @@ class Runner:
                 )
             return await self._finish(thread_id, values, settings, write_folder, error)
         finally:
-            await asyncio.to_thread(lock.release)
-
-    def _write_folder(
-        self, thread_id: str, values: dict[str, Any], output: dict[str, Any], settings: Settings
-    ) -> Path:
-        """File I/O with fsync: in a thread, so a server's other runs keep going."""
-        turn = int(values.get("turn") or 1)
-        run_dir = make_run_dir(
-            settings.runs_dir, str(values.get("request") or "run"), thread_id, turn
-        )
-        trace = read_trace(self.services.trace_path(thread_id), turn=turn)
-        write_run(
-            run_dir,
-            output,
-            self.services.store,
-            thread_id=thread_id,
-            extra={"run_dir": str(run_dir)},
-            trace=trace,
-        )
-        return run_dir
+            await lock.release_async()
 
     def _output(self, values: dict[str, Any]) -> dict[str, Any]:
         return {key: values.get(key) for key in OUTPUT_KEYS}
@@ -284,7 +294,7 @@ class Runner:
         run_dir: Path | None = None
         if write_folder:
             run_dir = await asyncio.to_thread(
-                self._write_folder, thread_id, values, output, settings
+                write_turn, self.services, thread_id, values, output, settings
             )
         ok = not output.get("error") and output.get("image") is not None
         status: Literal["done", "failed"] = "done" if ok else "failed"

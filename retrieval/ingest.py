@@ -25,15 +25,14 @@ stripped of terminal escape sequences and control characters (`retrieval.text.cl
 
 from __future__ import annotations
 
+import errno
 import hashlib
-import io
 import json
 import os
 import re
 import stat
 import time
-import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -43,6 +42,7 @@ from pydantic import BaseModel, Field
 
 from core.errors import GroundworkError
 from retrieval.kb import Collection, KnowledgeBase, stable_id
+from retrieval.safe_image import FILE_FORMATS, ImageRejected, decode_image, probe_image
 from retrieval.text import clean_text
 
 if TYPE_CHECKING:
@@ -51,7 +51,7 @@ if TYPE_CHECKING:
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 # Decoders Pillow may use, whatever the extension says: not EPS/PS (Ghostscript), not the
 # dozens of rarely used plugins a crafted file could otherwise reach.
-IMAGE_FORMATS = ["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"]
+IMAGE_FORMATS = list(FILE_FORMATS)
 TEXT_EXTS = {".md", ".markdown", ".txt", ".text", ".rst"}
 CAPTION_KEYS = ("caption", "description", "title", "alt")
 SAVE_EVERY_FILES = 500
@@ -205,6 +205,22 @@ class Walked:
     refused: Refused | None = None
 
 
+def _link_loop(path: Path) -> Refused | None:
+    """A refusal when `path` is a symlink that never reaches a file (a loop, or a chain too
+    long to follow): one "skipped" line instead of Path.resolve()'s RuntimeError."""
+    if not path.is_symlink():
+        return None
+    try:
+        path.resolve(strict=True)
+    except RuntimeError:
+        return Refused("unreadable", "symlink loop: the link leads back to itself")
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return Refused("unreadable", "symlink loop: too many levels of links")
+        return None  # dangling: reported as "no such file" when it is read
+    return None
+
+
 def walk(paths: Iterable[Path]) -> list[Walked]:
     """Files under `paths` (hidden files/folders skipped), in a stable order. Folder links are
     not descended; file links are kept when they resolve inside their folder, else refused."""
@@ -213,7 +229,7 @@ def walk(paths: Iterable[Path]) -> list[Walked]:
         given = Path(given)
         if not given.is_dir():  # a file (link or not) named by the user, or missing
             parent = Path(os.path.realpath(given.parent))
-            out.append(Walked(given, None, parent))
+            out.append(Walked(given, None, parent, _link_loop(given)))
             continue
         root = Path(os.path.realpath(given))
         found: list[Walked] = []
@@ -248,30 +264,62 @@ def walk(paths: Iterable[Path]) -> list[Walked]:
     return out
 
 
+def _paragraphs(text: str) -> Iterator[str]:
+    """Blocks of non-blank lines. One pass over the lines: the `\\n\\s*\\n` split and the
+    heading regex it replaces backtracked quadratically on long runs of spaces (160 KB of
+    spaces took 139 s)."""
+    buf: list[str] = []
+    for line in text.split("\n"):
+        if line.strip():
+            buf.append(line)
+        elif buf:
+            yield "\n".join(buf).strip()
+            buf = []
+    if buf:
+        yield "\n".join(buf).strip()
+
+
+def _heading(line: str) -> str | None:
+    """The title of a Markdown ATX heading line ("## Title ##" -> "Title"), else None: what
+    `^(#{1,6})\\s+(.+?)\\s*#*$` matched, computed with linear string operations (that regex
+    backtracked quadratically on long runs of spaces)."""
+    hashes = len(line) - len(line.lstrip("#"))
+    if not 1 <= hashes <= 6:
+        return None
+    rest = line[hashes:]
+    body = rest.lstrip()
+    if len(body) == len(rest):  # no whitespace after the hashes
+        return None
+    if not body:  # "#" + whitespace: a heading with an empty title if there are two or more
+        return "" if len(rest) >= 2 else None
+    core = body.rstrip("#").rstrip()  # drop the closing "  ###"
+    return body[: max(1, len(core))].strip()
+
+
 def chunk_text(text: str, chunk_chars: int = 800, overlap: int = 100) -> list[tuple[str, str]]:
     """(heading, passage) pairs: paragraphs packed up to `chunk_chars`; a longer paragraph is
-    cut in windows on whitespace with `overlap` characters repeated, so no fact is split blind."""
+    cut in windows on whitespace with `overlap` characters repeated, so no fact is split blind.
+    Linear in the text's length (see `_paragraphs`)."""
     heading = ""
     chunks: list[tuple[str, str]] = []
     buf: list[str] = []
+    buf_len = 0
     buf_heading = ""
 
     def flush() -> None:
-        nonlocal buf
+        nonlocal buf, buf_len
         if buf:
             chunks.append((buf_heading, "\n\n".join(buf).strip()))
-            buf = []
+            buf, buf_len = [], 0
 
-    for para in re.split(r"\n\s*\n", text.replace("\r\n", "\n")):
-        para = para.strip()
-        if not para:
-            continue
-        m = re.match(r"^(#{1,6})\s+(.+?)\s*#*$", para.splitlines()[0])
-        if m:
+    for para in _paragraphs(text.replace("\r\n", "\n")):
+        lines = para.splitlines()
+        title = _heading(lines[0])
+        if title is not None:
             flush()
-            heading = m.group(2).strip()
-            rest = "\n".join(para.splitlines()[1:]).strip()
+            heading = title
             buf_heading = heading
+            rest = "\n".join(lines[1:]).strip()
             if not rest:
                 continue
             para = rest
@@ -281,11 +329,12 @@ def chunk_text(text: str, chunk_chars: int = 800, overlap: int = 100) -> list[tu
             for piece in _windows(para, chunk_chars, overlap):
                 chunks.append((heading, piece))
             continue
-        if buf and sum(len(b) + 2 for b in buf) + len(para) > chunk_chars:
+        if buf and buf_len + len(para) > chunk_chars:
             flush()
         if not buf:
             buf_heading = heading
         buf.append(para)
+        buf_len += len(para) + 2
     flush()
     return [(h, c) for h, c in chunks if c]
 
@@ -458,8 +507,6 @@ class Ingestor:
         return None, known[1] if known else []
 
     def _image(self, w: Walked, data: bytes) -> str:
-        from PIL import Image, UnidentifiedImageError
-
         path = w.path
         sha = hashlib.sha256(data).hexdigest()
         state, stale = self._check_known("images", path, sha)
@@ -469,27 +516,23 @@ class Ingestor:
             return self._skip(path, "duplicate", f"same content as {self._by_sha['images'][sha]}")
         cap = self.settings.max_image_pixels
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as im:
-                    width, height = im.size  # from the header: nothing decoded yet
-                    if width * height > cap:
-                        return self._skip(
-                            path,
-                            "too many pixels",
-                            f"{width}x{height} = {width * height:,} pixels > the {cap:,} cap "
-                            "(retrieval.max_image_pixels); not decoded",
-                        )
-                    if width <= 0 or height <= 0:
-                        return self._skip(path, "not an image", f"no pixels ({width}x{height})")
-                    im.draft("RGB", (512, 512))  # JPEG: decode at reduced size, CLIP needs little
-                    rgb = _shrink(im.convert("RGB"))
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            return self._skip(path, "too many pixels", f"refused by Pillow: {exc}")
-        except (UnidentifiedImageError, SyntaxError, ValueError, EOFError) as exc:
-            return self._skip(path, "not an image", f"{type(exc).__name__}: {exc}")
-        except OSError as exc:
-            return self._skip(path, "not an image", str(exc))
+            # The one guarded decoder (retrieval.safe_image): header checked against the pixel
+            # cap before any pixel is decoded; bombs, truncation and junk become ImageRejected.
+            probe = probe_image(data, IMAGE_FORMATS, max_pixels=2**62, what="image")
+            if probe.pixels > cap:
+                return self._skip(
+                    path,
+                    "too many pixels",
+                    f"{probe.width}x{probe.height} = {probe.pixels:,} pixels > the {cap:,} cap "
+                    "(retrieval.max_image_pixels); not decoded",
+                )
+            # JPEG: decode at reduced size, CLIP needs little.
+            decoded = decode_image(data, IMAGE_FORMATS, max_pixels=cap, jpeg_draft=512)
+        except ImageRejected as exc:
+            bomb = "decompression bomb" in str(exc)
+            return self._skip(path, "too many pixels" if bomb else "not an image", str(exc))
+        rgb = _shrink(decoded.image)
+        width, height = decoded.width, decoded.height
         caption, refused_sidecars = _caption(path, w.sidecar_root, self.settings.max_caption_bytes)
         self.report.skipped.extend(refused_sidecars)
         key = str(path.resolve())

@@ -264,15 +264,14 @@ class KnowledgeBase:
         if isinstance(image, PILImage.Image):
             vec = emb.embed_images([image])[0]
         else:
-            with PILImage.open(image) as im:
-                w, h = im.size  # header only: the pixel cap comes before any decoding
-                if w * h > self.settings.max_image_pixels:
-                    raise ImageTooLarge(
-                        f"{image} declares {w}x{h} pixels, over the "
-                        f"{self.settings.max_image_pixels:,}-pixel cap "
-                        "(retrieval.max_image_pixels); not decoded"
-                    )
-                vec = emb.embed_images([im.convert("RGB")])[0]
+            from retrieval.safe_image import ImageRejected, open_image_file
+
+            cap = self.settings.max_image_pixels
+            try:  # the guarded decoder: header checked against the cap before any pixel
+                decoded = open_image_file(image, max_pixels=cap, max_side=1024)
+            except ImageRejected as exc:
+                raise ImageTooLarge(f"{exc} (retrieval.max_image_pixels)") from exc
+            vec = emb.embed_images([decoded.image])[0]
         return self._hits("images", vec, top_k)
 
     # ------------------------------------------------------------------ writes

@@ -1,7 +1,24 @@
 #!/usr/bin/env bash
 # Sets everything up and runs the whole test suite (what CI runs). Extra args go to pytest.
+#
+#   scripts/test.sh            the full suite: setup, ruff, mypy, every test (CI: .ci/run)
+#   scripts/test.sh --fast     daily lane: ruff + unit + integration tests without slow marks
+#                              (no setup, no mypy; needs .venv from a first full run or setup.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+if [ "${1:-}" = "--fast" ]; then
+  shift
+  if [ ! -x .venv/bin/python ]; then
+    echo "[test] no .venv yet: run scripts/setup.sh (or scripts/test.sh once) first" >&2
+    exit 2
+  fi
+  export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+  .venv/bin/ruff check .
+  .venv/bin/ruff format --check .
+  exec .venv/bin/python -m pytest tests/unit tests/integration -m "not slow" -q "$@"
+fi
+
 bash scripts/setup.sh
 
 # Queue tests start their own redis-server on a free port; install it where it is missing.
@@ -25,5 +42,5 @@ fi
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
-.venv/bin/mypy core agent graphs tools generators retrieval evals service cli tests benchmarks
+.venv/bin/mypy core agent graphs tools generators retrieval evals tuning service cli tests benchmarks
 .venv/bin/python -m pytest "$@"

@@ -3,11 +3,14 @@
 Routes (the OpenAPI spec is at /openapi.json):
 - `POST /v1/images/generations`: the OpenAI Images API; waits for the run(s) and answers with
   image URLs or base64, plus the research dossier in extra fields.
+- `POST /v1/images/edits`: the OpenAI images.edit upload (multipart), run as a chat refine of
+  the uploaded image.
 - `POST /v1/runs` (202), `GET /v1/runs/{id}`, `GET /v1/runs/{id}/events` (SSE, resumable with
-  Last-Event-ID), `POST /v1/runs/{id}/messages` (202), `DELETE /v1/runs/{id}`, `GET /v1/runs`.
+  Last-Event-ID), `POST /v1/runs/{id}/messages` (202), `POST /v1/runs/{id}/resume` (202),
+  `DELETE /v1/runs/{id}`, `GET /v1/runs`.
 - `GET /v1/artifacts/{sha256}` (bearer token of the owner, or a signed URL), `GET /v1/models`.
-- `GET /healthz` (the process answers), `GET /readyz` (LLM, Redis, workers, database), `GET /`
-  (the web page).
+- `GET /healthz` (the process answers), `GET /readyz` (LLM, Redis, workers, run database,
+  artifact and checkpoint stores; no token, no secrets), `GET /` (the web page).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -26,8 +30,9 @@ from fastapi import Depends, FastAPI, Header, Query, Request, Security
 from fastapi import Path as PathParam
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.sse import EventSourceResponse, ServerSentEvent
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -36,11 +41,23 @@ from agent.settings import Settings
 from agent.stages.intake import validate_prompt
 from core.artifacts import ArtifactNotFound, ArtifactStore
 from core.errors import GroundworkError, InputError
+from retrieval.safe_image import ImageRejected, decode_image
 from service.auth import Auth
 from service.events import EventLog
-from service.health import readiness
+from service.forms import field as form_field
+from service.forms import parse_form
+from service.health import Readiness
 from service.limits import Limiter, LimiterUnavailable, LimitExceeded, MemoryLimiter, RedisLimiter
-from service.runs import RunConflict, RunManager, RunnerFactory, ServiceBusy, default_runner_factory
+from service.parsing import MAX_EVENT_ID, BadValue, parse_event_id, parse_int, parse_size
+from service.pgstore import AnyStore, PgRunStore
+from service.runs import (
+    RunConflict,
+    RunManager,
+    RunnerFactory,
+    RunnerLike,
+    ServiceBusy,
+    default_runner_factory,
+)
 from service.schemas import (
     ErrorResponse,
     GroundworkExtra,
@@ -50,7 +67,7 @@ from service.schemas import (
     MessageCreate,
     ModelInfo,
     ModelList,
-    Readiness,
+    ReadinessView,
     RunCreate,
     RunList,
     RunView,
@@ -66,6 +83,17 @@ STATIC = Path(__file__).parent / "static"
 SHA_PATTERN = "^[0-9a-f]{64}$"
 RUN_ID_PATTERN = "^run_[0-9a-f]{32}$"
 MODELS = {"groundwork": "planned", "groundwork-planned": "planned", "groundwork-react": "react"}
+OPENAI_PATHS = ("/v1/images/", "/v1/models")
+"""Routes of the OpenAI API: every error there, validation included, is a 400-class answer in
+OpenAI's shape (their clients map 400 to BadRequestError; FastAPI's default 422 they do not
+know)."""
+ARTIFACT_TYPES = frozenset({"image/png", "image/jpeg", "image/webp", "image/gif"})
+"""Media types an artifact is served as; anything else is a download (octet-stream)."""
+SECURITY_HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"x-frame-options", b"DENY"),
+]
 
 
 class ApiError(GroundworkError):
@@ -108,13 +136,15 @@ class AppContext:
     settings: Settings
     cfg: ServiceSettings
     auth: Auth
-    store: RunStore
+    store: AnyStore
     events: EventLog
     limiter: Limiter
     services: Services
     artifacts: ArtifactStore
     manager: RunManager
     redis_url: str
+    readiness: Readiness
+    runner: RunnerLike
 
     def base_url(self, request: Request) -> str:
         return (self.cfg.public_url or str(request.base_url)).rstrip("/")
@@ -126,6 +156,7 @@ def make_limiter(cfg: ServiceSettings, redis_url: str) -> Limiter:
             per_minute=cfg.rate_limit_per_minute,
             max_runs=cfg.max_concurrent_runs,
             run_ttl_s=cfg.run_timeout_s + 60,
+            auth_per_minute=cfg.auth_failures_per_minute,
         )
     return RedisLimiter(
         redis_url,
@@ -133,6 +164,7 @@ def make_limiter(cfg: ServiceSettings, redis_url: str) -> Limiter:
         per_minute=cfg.rate_limit_per_minute,
         max_runs=cfg.max_concurrent_runs,
         run_ttl_s=cfg.run_timeout_s + 60,
+        auth_per_minute=cfg.auth_failures_per_minute,
         max_connections=cfg.redis_max_connections,
     )
 
@@ -177,6 +209,82 @@ class AccessLog:
             )
 
 
+class SecurityHeaders:
+    """`X-Content-Type-Options: nosniff` (and no referrer, no framing) on every answer: a
+    browser never guesses HTML or script out of an image, an error or a JSON body."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                present = {k.lower() for k, _ in message.get("headers", [])}
+                extra = [(k, v) for k, v in SECURITY_HEADERS if k not in present]
+                message = {**message, "headers": [*message.get("headers", []), *extra]}
+            await send(message)
+
+        await self.app(scope, receive, send_headers)
+
+
+class JsonTooLarge:
+    """Starlette's body limit answers 413 as text/plain from outside the app's exception
+    handlers; this rewrites that answer into the OpenAI error shape (JSON)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        replacing = False
+
+        async def send_json(message: Message) -> None:
+            nonlocal replacing
+            if message["type"] == "http.response.start" and message["status"] == 413:
+                headers = dict(message.get("headers", []))
+                if headers.get(b"content-type", b"").startswith(b"text/plain"):
+                    replacing = True
+                    limit = scope.get("starlette.max_body_size")
+                    answer = error_response(
+                        413,
+                        "the request body is too large"
+                        + (f" (limit: {limit} bytes)" if isinstance(limit, int) else ""),
+                        code="request_too_large",
+                    )
+                    body = answer.body
+                    await send(
+                        {
+                            "type": "http.response.start",
+                            "status": 413,
+                            "headers": [
+                                (b"content-type", b"application/json"),
+                                (b"content-length", str(len(body)).encode()),
+                                *SECURITY_HEADERS,
+                            ],
+                        }
+                    )
+                    await send({"type": "http.response.body", "body": body})
+                    return
+            if replacing:
+                return  # the text/plain body of the replaced answer
+            await send(message)
+
+        await self.app(scope, receive, send_json)
+
+
+class GroundworkAPI(FastAPI):
+    """FastAPI with the 413 rewrite outside its body limit (user middleware sits inside it)."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return JsonTooLarge(super().build_middleware_stack())
+
+
 def create_app(
     settings: Settings | None = None,
     service: ServiceSettings | None = None,
@@ -197,7 +305,14 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
-            store = await RunStore(cfg.db).open()
+            store: AnyStore
+            if settings.store.is_postgres():
+                assert settings.store.url is not None
+                store = await PgRunStore(
+                    settings.store.url, max_size=settings.store.pool_max_size
+                ).open()
+            else:
+                store = await RunStore(cfg.db).open()
             stack.push_async_callback(store.close)
             events = EventLog(store)
             await events.start()
@@ -221,12 +336,17 @@ def create_app(
                 artifacts=services.store,
                 manager=manager,
                 redis_url=redis_url,
+                readiness=Readiness(
+                    settings, cfg, services, limiter, store, services.store, runner.pending
+                ),
+                runner=runner,
             )
             await manager.recover()
+            manager.start()
             log.info("service ready", extra={"db": str(store.path), "tokens": len(cfg.tokens)})
             yield
 
-    app = FastAPI(
+    app = GroundworkAPI(
         title="Groundwork",
         version="1",
         description="Research-grounded image generation over HTTP. OpenAI Images API compatible "
@@ -238,9 +358,10 @@ def create_app(
             429: {"model": ErrorResponse, "description": "Rate or run limit (Retry-After)"},
         },
     )
+    app.add_middleware(SecurityHeaders)
     app.add_middleware(AccessLog)
     _install_error_handlers(app)
-    _install_routes(app)
+    _install_routes(app, cfg)
     return app
 
 
@@ -271,6 +392,10 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def bad_input(request: Request, exc: InputError) -> JSONResponse:
         return error_response(400, str(exc), param="prompt", code="invalid_prompt")
 
+    @app.exception_handler(BadValue)
+    async def bad_value(request: Request, exc: BadValue) -> JSONResponse:
+        return error_response(400, str(exc), param=exc.param, code="invalid_value")
+
     @app.exception_handler(ServiceBusy)
     async def busy(request: Request, exc: ServiceBusy) -> JSONResponse:
         return error_response(503, str(exc), type="server_busy", headers={"Retry-After": "5"})
@@ -284,6 +409,10 @@ def _install_error_handlers(app: FastAPI) -> None:
             type="server_error",
             headers={"Retry-After": "5"},
         )
+
+    @app.exception_handler(NothingNewer)
+    async def nothing_newer(request: Request, exc: NothingNewer) -> Response:
+        return Response(status_code=204)
 
     @app.exception_handler(RunConflict)
     async def conflict(request: Request, exc: RunConflict) -> JSONResponse:
@@ -300,12 +429,12 @@ def _install_error_handlers(app: FastAPI) -> None:
         first = errors[0] if errors else {}
         loc = [str(p) for p in first.get("loc", []) if p not in ("body", "query", "path")]
         message = f"{'.'.join(loc) or 'request'}: {first.get('msg', 'invalid')}"
+        openai = request.url.path.startswith(OPENAI_PATHS)
         return error_response(
-            422,
+            400 if openai else 422,
             message,
             param=".".join(loc) or None,
             code="invalid_value",
-            extra={"detail": errors},
         )
 
 
@@ -326,9 +455,14 @@ async def require_tenant(
     ctx: Ctx,
     _creds: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)],
 ) -> str:
-    """The caller's token name; 401 without a valid token, 429 past its rate limit."""
+    """The caller's token name; 401 without a valid token, 429 past its rate limit, and 429
+    for an address that sent too many missing or invalid tokens (checked before the token, so
+    guessing one is limited to `auth_failures_per_minute`)."""
+    client = request.client.host if request.client else "unknown"
+    await ctx.limiter.check_auth(client)
     name = ctx.auth.authenticate(request.headers.get("authorization"))
     if name is None:
+        await ctx.limiter.auth_failed(client)
         raise ApiError(
             401,
             "missing or invalid bearer token (send Authorization: Bearer <token>)",
@@ -353,18 +487,6 @@ async def owned_run(ctx: AppContext, request: Request, run_id: str, tenant: str)
     return row
 
 
-def parse_size(size: str | None) -> tuple[int | None, int | None]:
-    if size is None or size.strip().lower() in ("", "auto"):
-        return None, None
-    w, sep, h = size.strip().lower().partition("x")
-    if not (sep and w.isdigit() and h.isdigit()):
-        raise ApiError(400, f'size {size!r} is not "WIDTHxHEIGHT", e.g. "512x512"', param="size")
-    width, height = int(w), int(h)
-    if not (64 <= width <= 2048 and 64 <= height <= 2048):
-        raise ApiError(400, f"size {size!r}: each side must be 64 to 2048 pixels", param="size")
-    return width, height
-
-
 def _prompt(text: str, settings: Settings) -> str:
     return validate_prompt(text, settings.agent.prompt_max_chars)
 
@@ -375,7 +497,7 @@ NOT_FOUND: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _install_routes(app: FastAPI) -> None:
+def _install_routes(app: FastAPI, cfg: ServiceSettings) -> None:
     @app.get("/", include_in_schema=False)
     async def page() -> FileResponse:
         return FileResponse(STATIC / "index.html", media_type="text/html")
@@ -387,15 +509,15 @@ def _install_routes(app: FastAPI) -> None:
     @app.get(
         "/readyz",
         tags=["health"],
-        response_model=Readiness,
-        responses={503: {"model": Readiness, "description": "A dependency is down"}},
+        response_model=ReadinessView,
+        responses={503: {"model": ReadinessView, "description": "A dependency is down"}},
     )
     async def readyz(ctx: Ctx) -> JSONResponse:
-        checks = await readiness(
-            ctx.settings, ctx.cfg, ctx.services, ctx.limiter, ctx.store, ctx.redis_url
-        )
+        """Whether a run can finish now. No token needed, so the answer names no URL, host,
+        path or key, and the LLM endpoints are probed at most once per READYZ_CACHE_S."""
+        checks = await ctx.readiness.checks()
         ready = all(c.ok for c in checks.values())
-        body = Readiness(ready=ready, checks=checks)
+        body = ReadinessView(ready=ready, checks=checks)
         return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
 
     @app.get("/v1/models", tags=["openai"], response_model=ModelList)
@@ -429,67 +551,79 @@ def _install_routes(app: FastAPI) -> None:
                 param="stream",
             )
         prompt = _prompt(body.prompt, ctx.settings)
-        width, height = parse_size(body.size)
+        size = parse_size(body.size)
         policy = MODELS.get(body.model or "", "planned")
-        rows: list[RunRow] = []
+        return await _images(
+            ctx, request, response, tenant, prompt, policy, n, size, body.response_format
+        )
+
+    @app.post(
+        "/v1/images/edits",
+        tags=["openai"],
+        response_model=ImagesResponse,
+        max_body_size=cfg.max_upload_bytes,
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"multipart/form-data": {"schema": EDIT_FORM_SCHEMA}},
+            }
+        },
+        responses={
+            400: {"model": ErrorResponse, "description": "Invalid image, prompt, size or n"},
+            413: {"model": ErrorResponse, "description": "Upload over MAX_UPLOAD_BYTES"},
+            502: {"model": ErrorResponse, "description": "The run failed"},
+            503: {"model": ErrorResponse, "description": "Server busy"},
+        },
+    )
+    async def edits(
+        request: Request, ctx: Ctx, tenant: Tenant, response: Response
+    ) -> ImagesResponse:
+        """OpenAI-compatible `images.edit`: the uploaded image, changed as the prompt says.
+        Each run starts as a chat refine of that image (refine the prompt, then img2img,
+        critique and repair), so the dossier and the run are there as for a generation."""
+        form = parse_form(request.headers.get("content-type"), await request.body())
+        image_part = form_field(form, "image", "image[]")
+        if image_part is None or not image_part.data:
+            raise ApiError(400, "image: send the image to edit as a file field", param="image")
+        if form_field(form, "mask") is not None:
+            raise ApiError(
+                400,
+                "mask: masked edits are not supported; send the image alone and say what to "
+                "change in the prompt",
+                param="mask",
+            )
+        prompt_part = form_field(form, "prompt")
+        prompt = _prompt(prompt_part.text() if prompt_part else "", ctx.settings)
+        n_part, size_part = form_field(form, "n"), form_field(form, "size")
+        n = parse_int(n_part.text(), param="n", low=1, high=ctx.cfg.max_images) if n_part else 1
+        size = parse_size(size_part.text()) if size_part else None
+        fmt_part, model_part = form_field(form, "response_format"), form_field(form, "model")
+        response_format = fmt_part.text().strip() if fmt_part else "url"
+        if response_format not in ("url", "b64_json"):
+            raise ApiError(
+                400, 'response_format must be "url" or "b64_json"', param="response_format"
+            )
+        policy = MODELS.get(model_part.text().strip() if model_part else "", "planned")
+        max_pixels = ctx.settings.tools.max_image_pixels
         try:
-            for i in range(n):
-                context = {
-                    "width": width,
-                    "height": height,
-                    "seed": ctx.settings.generator.seed + i if n > 1 else None,
-                }
-                row = await ctx.manager.submit(
-                    tenant, prompt, policy=policy, context=context, kind="image"
-                )
-                rows.append(row)
-        except GroundworkError:
-            for row in rows:  # all or nothing: do not leave half a request running
-                await ctx.manager.cancel(row)
-            raise
-        ids = [r.id for r in rows]
-        request.state.run_id = ",".join(ids)
-        await asyncio.gather(*(ctx.manager.wait(i) for i in ids))
-        base = ctx.base_url(request)
-        views: list[RunView] = []
-        data: list[ImageData] = []
-        for run_id in ids:
-            done = await ctx.store.get(run_id)
-            assert done is not None  # rows are never deleted
-            row = done
-            view = run_view(row, ctx.auth, base)
-            views.append(view)
-            if row.status == "interrupted":
-                raise ApiError(
-                    409,
-                    f"the agent asked a question in run {row.id}: {row.question}; answer it with "
-                    f"POST /v1/runs/{row.id}/messages",
-                    code="question",
-                    headers={"X-Groundwork-Run-Ids": ",".join(ids)},
-                )
-            if row.status != "done" or view.image is None:
-                raise ApiError(
-                    502,
-                    f"run {row.id} {row.status}: {row.error or 'no image was made'}",
-                    type="server_error",
-                    code="run_failed",
-                    headers={"X-Groundwork-Run-Ids": ",".join(ids)},
-                )
-            sha = view.image.sha256
-            if body.response_format == "b64_json":
-                raw = await asyncio.to_thread(ctx.artifacts.get_bytes, sha)
-                item = ImageData(b64_json=base64.b64encode(raw).decode(), run_id=row.id)
-            else:
-                item = ImageData(url=artifact_url(ctx.auth, sha, base), run_id=row.id)
-            item.revised_prompt = view.revised_prompt
-            data.append(item)
-        response.headers["X-Groundwork-Run-Ids"] = ",".join(ids)
-        return ImagesResponse(
-            created=int(time.time()),
-            data=data,
-            size=f"{width}x{height}" if width and height else None,
-            dossier=views[0].dossier if views else None,
-            groundwork=GroundworkExtra(runs=views),
+            decoded = await asyncio.to_thread(
+                partial(decode_image, image_part.data, max_pixels=max_pixels, what="upload")
+            )
+        except ImageRejected as e:
+            raise ApiError(400, f"image: {e}", param="image", code="invalid_image") from e
+        ref = await asyncio.to_thread(ctx.artifacts.put_image, decoded.image, {"source": "upload"})
+        await ctx.store.grant(tenant, [ref.sha256])
+        uploaded = {
+            "image": ref.model_dump(),
+            "seed": ctx.settings.generator.seed,
+            "model": "upload",
+            "mode": "txt2img",
+            "steps": 0,
+        }
+        if size is None:  # the edit keeps the upload's size, as OpenAI's does (within bounds)
+            size = (min(max(decoded.width, 64), 2048), min(max(decoded.height, 64), 2048))
+        return await _images(
+            ctx, request, response, tenant, prompt, policy, n, size, response_format, uploaded
         )
 
     @app.post(
@@ -540,6 +674,23 @@ def _install_routes(app: FastAPI) -> None:
         row = await ctx.manager.message(row, text)
         return run_view(row, ctx.auth, ctx.base_url(request))
 
+    @app.post(
+        "/v1/runs/{run_id}/resume",
+        tags=["runs"],
+        status_code=202,
+        response_model=RunView,
+        responses={
+            **NOT_FOUND,
+            409: {"model": ErrorResponse, "description": "Busy, or nothing to resume"},
+        },
+    )
+    async def resume_run(run_id: RunId, request: Request, ctx: Ctx, tenant: Tenant) -> RunView:
+        """Continue a failed or cancelled turn from its checkpoint: the stages it finished are
+        not run again. Its events continue on the same stream."""
+        row = await owned_run(ctx, request, run_id, tenant)
+        row = await ctx.manager.resume(row)
+        return run_view(row, ctx.auth, ctx.base_url(request))
+
     @app.delete(
         "/v1/runs/{run_id}",
         tags=["runs"],
@@ -556,10 +707,9 @@ def _install_routes(app: FastAPI) -> None:
     @app.get(
         "/v1/runs/{run_id}/events",
         tags=["runs"],
-        response_class=StreamingResponse,
+        response_class=EventSourceResponse,
         responses={
             200: {
-                "content": {"text/event-stream": {"schema": {"type": "string"}}},
                 "description": "Server-Sent Events: `id` (per-run, increasing), `event` (status, "
                 "stage, tool, progress, notice, llm, interrupt), `data` (JSON).",
             },
@@ -569,33 +719,13 @@ def _install_routes(app: FastAPI) -> None:
         },
     )
     async def run_events(
-        run_id: RunId,
-        request: Request,
-        ctx: Ctx,
-        tenant: Tenant,
-        last_event_id: Annotated[
-            str | None,
-            Header(alias="Last-Event-ID", description="Resume after this event id."),
-        ] = None,
-        after: Annotated[
-            int | None, Query(ge=0, description="Same as Last-Event-ID, for clients without it.")
-        ] = None,
-    ) -> Response:
-        await owned_run(ctx, request, run_id, tenant)
-        start = after or 0
-        if last_event_id not in (None, ""):
-            assert last_event_id is not None
-            if not last_event_id.strip().isdigit():
-                raise ApiError(400, "Last-Event-ID must be an event id (an integer)")
-            start = max(start, int(last_event_id.strip()))
-        status = await ctx.store.status(run_id)
-        if status not in ACTIVE and not await ctx.store.events_after(run_id, start, 1):
-            return Response(status_code=204)  # EventSource stops reconnecting on 204
-        return StreamingResponse(
-            _sse(ctx, run_id, start),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        )
+        run_id: RunId, ctx: Ctx, start: Annotated[int, Depends(events_start)]
+    ) -> AsyncIterator[ServerSentEvent]:
+        """Replay events after `start`, then follow live ones until the run stops being
+        active. FastAPI frames them (EventSourceResponse); the stream's own keep-alive comment
+        is sent every SSE_KEEPALIVE_S on a quiet run."""
+        async for event in follow_events(ctx, run_id, start):
+            yield event
 
     @app.get(
         "/v1/artifacts/{sha256}",
@@ -612,7 +742,9 @@ def _install_routes(app: FastAPI) -> None:
         request: Request,
         ctx: Ctx,
         _creds: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)],
-        exp: Annotated[int | None, Query(description="Signed URL: expiry (unix time)")] = None,
+        exp: Annotated[
+            int | None, Query(ge=0, le=2**40, description="Signed URL: expiry (unix time)")
+        ] = None,
         sig: Annotated[str | None, Query(description="Signed URL: signature")] = None,
     ) -> FileResponse:
         """An image, to its owner (bearer token) or to whoever holds a signed URL."""
@@ -625,21 +757,153 @@ def _install_routes(app: FastAPI) -> None:
                 raise ApiError(404, f"no artifact {sha256}", code="artifact_not_found")
         try:
             path = ctx.artifacts.path(sha256)
-            media = ctx.artifacts.meta(sha256).get("media_type", "image/png")
+            media = str(ctx.artifacts.meta(sha256).get("media_type") or "")
         except ArtifactNotFound as e:
             raise ApiError(404, f"no artifact {sha256}", code="artifact_not_found") from e
-        return FileResponse(
-            path, media_type=media, headers={"Cache-Control": "private, max-age=3600"}
-        )
+        headers = {
+            "Cache-Control": "private, max-age=3600",
+            # an artifact is never a page: no script, no plugin, no navigation inside it
+            "Content-Security-Policy": "default-src 'none'; sandbox",
+        }
+        if media not in ARTIFACT_TYPES:
+            # a downloaded file that says it is HTML or SVG is served as bytes to save
+            media = "application/octet-stream"
+            headers["Content-Disposition"] = f'attachment; filename="{sha256}"'
+        return FileResponse(path, media_type=media, headers=headers)
 
 
-async def _sse(ctx: AppContext, run_id: str, after: int) -> AsyncIterator[str]:
+EDIT_FORM_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["image", "prompt"],
+    "properties": {
+        "image": {"type": "string", "format": "binary", "description": "PNG, JPEG, WebP or GIF"},
+        "prompt": {"type": "string", "description": "What the edited image should show."},
+        "n": {"type": "integer", "minimum": 1, "maximum": 10},
+        "size": {"type": "string", "description": '"WIDTHxHEIGHT"; default: the image\'s'},
+        "response_format": {"type": "string", "enum": ["url", "b64_json"]},
+        "model": {"type": "string"},
+    },
+}
+
+
+async def _images(
+    ctx: AppContext,
+    request: Request,
+    response: Response,
+    tenant: str,
+    prompt: str,
+    policy: str,
+    n: int,
+    size: tuple[int, int] | None,
+    response_format: str | None,
+    edit: dict[str, Any] | None = None,
+) -> ImagesResponse:
+    """One run per image (all or nothing), waited for, answered in the OpenAI Images shape."""
+    width, height = size or (None, None)
+    rows: list[RunRow] = []
+    try:
+        for i in range(n):
+            context = {
+                "width": width,
+                "height": height,
+                "seed": ctx.settings.generator.seed + i if n > 1 else None,
+            }
+            row = await ctx.manager.submit(
+                tenant, prompt, policy=policy, context=context, kind="image", edit=edit
+            )
+            rows.append(row)
+    except GroundworkError:
+        for row in rows:  # all or nothing: do not leave half a request running
+            await ctx.manager.cancel(row)
+        raise
+    ids = [r.id for r in rows]
+    request.state.run_id = ",".join(ids)
+    await asyncio.gather(*(ctx.manager.wait(i) for i in ids))
+    base = ctx.base_url(request)
+    views: list[RunView] = []
+    data: list[ImageData] = []
+    for run_id in ids:
+        done = await ctx.store.get(run_id)
+        if done is None:  # rows are never deleted; a missing one is a damaged database
+            raise ApiError(500, f"run {run_id} disappeared from the database", type="server_error")
+        row = done
+        view = run_view(row, ctx.auth, base)
+        views.append(view)
+        if row.status == "interrupted":
+            raise ApiError(
+                409,
+                f"the agent asked a question in run {row.id}: {row.question}; answer it with "
+                f"POST /v1/runs/{row.id}/messages",
+                code="question",
+                headers={"X-Groundwork-Run-Ids": ",".join(ids)},
+            )
+        if row.status != "done" or view.image is None:
+            raise ApiError(
+                502,
+                f"run {row.id} {row.status}: {row.error or 'no image was made'}",
+                type="server_error",
+                code="run_failed",
+                headers={"X-Groundwork-Run-Ids": ",".join(ids)},
+            )
+        sha = view.image.sha256
+        if response_format == "b64_json":
+            raw = await asyncio.to_thread(ctx.artifacts.get_bytes, sha)
+            item = ImageData(b64_json=base64.b64encode(raw).decode(), run_id=row.id)
+        else:
+            item = ImageData(url=artifact_url(ctx.auth, sha, base), run_id=row.id)
+        item.revised_prompt = view.revised_prompt
+        data.append(item)
+    response.headers["X-Groundwork-Run-Ids"] = ",".join(ids)
+    return ImagesResponse(
+        created=int(time.time()),
+        data=data,
+        size=f"{width}x{height}" if width and height else None,
+        dossier=views[0].dossier if views else None,
+        groundwork=GroundworkExtra(runs=views),
+    )
+
+
+class NothingNewer(GroundworkError):
+    """A finished run has no event after the client's Last-Event-ID: 204 (EventSource stops
+    reconnecting on 204)."""
+
+
+async def events_start(
+    run_id: RunId,
+    request: Request,
+    ctx: Ctx,
+    tenant: Tenant,
+    last_event_id: Annotated[
+        str | None,
+        Header(alias="Last-Event-ID", description="Resume after this event id."),
+    ] = None,
+    after: Annotated[
+        int | None,
+        Query(ge=0, le=MAX_EVENT_ID, description="Same as Last-Event-ID, for clients without it."),
+    ] = None,
+) -> int:
+    """The event id to stream after; runs before the stream starts, so a bad id is a 400,
+    another token's run a 404, and a finished run with nothing newer a 204."""
+    await owned_run(ctx, request, run_id, tenant)
+    start = max(after or 0, parse_event_id(last_event_id) or 0)
+    status = await ctx.store.status(run_id)
+    if status not in ACTIVE and not await ctx.store.events_after(run_id, start, 1):
+        raise NothingNewer(f"run {run_id} has no event after {start}")
+    return start
+
+
+async def follow_events(ctx: AppContext, run_id: str, after: int) -> AsyncIterator[ServerSentEvent]:
     """Replay events after `after`, then follow live ones until the run stops being active.
 
     The status is read before the events: when it says finished, the events read next include
     the final one (both are committed together), so closing then never loses an event.
     """
-    yield "retry: 2000\n\n"
+    yield ServerSentEvent(retry=2000)
+    keepalive = ctx.cfg.sse_keepalive_s
+    # events written by this process wake the stream; another replica's only show in the
+    # database, so a shared store is polled as well
+    poll = min(ctx.cfg.sse_poll_s, keepalive) if ctx.store.shared else keepalive
+    quiet_since = time.monotonic()
     wake = ctx.events.listen(run_id)
     try:
         while True:
@@ -647,15 +911,18 @@ async def _sse(ctx: AppContext, run_id: str, after: int) -> AsyncIterator[str]:
             status = await ctx.store.status(run_id)
             batch = await ctx.store.events_after(run_id, after)
             for event in batch:
-                yield f"id: {event.seq}\nevent: {event.kind}\ndata: {event.data}\n\n"
+                yield ServerSentEvent(id=str(event.seq), event=event.kind, raw_data=event.data)
                 after = event.seq
             if batch:
+                quiet_since = time.monotonic()
                 continue
             if status not in ACTIVE:
                 return
             try:
-                await asyncio.wait_for(wake.wait(), ctx.cfg.sse_keepalive_s)
+                await asyncio.wait_for(wake.wait(), poll)
             except TimeoutError:
-                yield ": keepalive\n\n"
+                if time.monotonic() - quiet_since >= keepalive:
+                    yield ServerSentEvent(comment="keepalive")
+                    quiet_since = time.monotonic()
     finally:
         ctx.events.unlisten(run_id, wake)

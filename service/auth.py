@@ -15,6 +15,7 @@ import hashlib
 import hmac
 import time
 
+from service.parsing import is_hex_digest
 from service.settings import ServiceSettings
 
 
@@ -59,6 +60,11 @@ class Auth:
         return f"exp={expires}&sig={self._mac(sha256, expires)}"
 
     def verify(self, sha256: str, expires: int, signature: str) -> bool:
-        if expires < time.time():
+        """Whether `signature` signs this artifact until `expires` (not yet past).
+
+        The signature is checked to be 64 lowercase hex digits first: `hmac.compare_digest`
+        raises TypeError on a non-ASCII string (`sig=%C3%A9`), which must be a 403, not a 500.
+        """
+        if expires < time.time() or not is_hex_digest(signature):
             return False
-        return hmac.compare_digest(self._mac(sha256, expires), signature)
+        return hmac.compare_digest(self._mac(sha256, expires).encode(), signature.encode())

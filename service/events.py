@@ -14,11 +14,12 @@ import threading
 from functools import partial
 from typing import Any
 
-from service.store import RunStatus, RunStore
+from service.pgstore import AnyStore
+from service.store import RunStatus
 
 
 class EventLog:
-    def __init__(self, store: RunStore) -> None:
+    def __init__(self, store: AnyStore) -> None:
         self.store = store
         self._seq: dict[str, int] = {}
         self._waiters: dict[str, set[asyncio.Event]] = {}

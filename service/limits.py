@@ -1,10 +1,15 @@
-"""Per-token request rate and unfinished-run limits.
+"""Per-token request rate, per-client failed-auth rate, and unfinished-run limits.
 
-Redis holds them so that every server process behind a load balancer shares one budget per
-token: a fixed one-minute window counter (INCR + EXPIRE) for requests, and a sorted set of the
-token's unfinished run ids scored by deadline for concurrency. The deadline makes the set heal
-itself: a run whose server died without releasing its slot stops counting when it expires.
-The in-memory variant has the same semantics for a single process without Redis.
+Request rates use the `limits` library's moving window (a sorted log of hits per key, in Redis
+so every server process behind a load balancer shares one budget per token). A fixed window,
+which this module used to keep, lets a client spend its budget twice around a window boundary
+(2x bursts); a moving window counts the last 60 s wherever they fall. Failed authentications
+are limited per client address the same way, so a token cannot be guessed at request speed.
+
+Unfinished runs are not a rate: they are a sorted set of the token's unfinished run ids scored
+by deadline (one Lua script takes a slot atomically). The deadline makes the set heal itself: a
+run whose server died without releasing its slot stops counting when it expires. The
+in-memory variant has the same semantics for a single process without Redis.
 """
 
 from __future__ import annotations
@@ -13,6 +18,11 @@ import math
 import time
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
+
+from limits import RateLimitItem, RateLimitItemPerMinute
+from limits.aio.storage import MemoryStorage, RedisStorage, Storage
+from limits.aio.strategies import MovingWindowRateLimiter
+from limits.errors import StorageError
 
 from core.errors import GroundworkError
 
@@ -34,6 +44,12 @@ class Limiter(Protocol):
     async def hit(self, owner: str) -> None:
         """Count one request; raise LimitExceeded past the per-minute budget."""
 
+    async def check_auth(self, client: str) -> None:
+        """Raise LimitExceeded when `client` (an address) spent its failed-auth budget."""
+
+    async def auth_failed(self, client: str) -> None:
+        """Count one failed authentication of `client`."""
+
     async def acquire(self, owner: str, run_id: str) -> None:
         """Take a run slot; raise LimitExceeded when the token has too many unfinished runs."""
 
@@ -48,7 +64,7 @@ class Limiter(Protocol):
 
 
 def redact(url: str) -> str:
-    """The URL without a password, for messages and /readyz."""
+    """The URL without a password, for messages."""
     parts = urlsplit(url)
     if parts.password is None:
         return url
@@ -65,12 +81,60 @@ def _rate_error(limit: int, retry_after: float) -> LimitExceeded:
     )
 
 
+def _auth_error(limit: int, retry_after: float) -> LimitExceeded:
+    return LimitExceeded(
+        f"more than {limit} requests with a missing or invalid token from this address in the "
+        f"last minute; retry after {max(1, math.ceil(retry_after))} s with a valid token",
+        retry_after,
+    )
+
+
 def _runs_error(limit: int) -> LimitExceeded:
     return LimitExceeded(
         f"this token already has {limit} unfinished runs (the limit); wait for one to finish "
         "or cancel one (DELETE /v1/runs/{id})",
         CONCURRENCY_RETRY_S,
     )
+
+
+class _MovingWindows:
+    """Request and failed-auth rates as moving windows on a `limits` storage."""
+
+    def __init__(self, storage: Storage, *, per_minute: int, auth_per_minute: int) -> None:
+        self.storage = storage
+        self.strategy = MovingWindowRateLimiter(storage)
+        self.per_minute = per_minute
+        self.auth_per_minute = auth_per_minute
+        self.requests: RateLimitItem = RateLimitItemPerMinute(per_minute)
+        self.auth: RateLimitItem = RateLimitItemPerMinute(auth_per_minute)
+
+    async def _unavailable(self, error: Exception) -> LimiterUnavailable:
+        return LimiterUnavailable(f"the rate limiter failed: {error}")
+
+    async def _guard(self, coro: Any) -> Any:
+        try:
+            return await coro
+        except StorageError as e:
+            raise await self._unavailable(e.storage_error) from e
+
+    async def _retry_after(self, item: RateLimitItem, *ids: str) -> float:
+        stats = await self._guard(self.strategy.get_window_stats(item, *ids))
+        return max(1.0, float(stats.reset_time) - time.time())
+
+    async def hit(self, owner: str) -> None:
+        if not await self._guard(self.strategy.hit(self.requests, "requests", owner)):
+            raise _rate_error(
+                self.per_minute, await self._retry_after(self.requests, "requests", owner)
+            )
+
+    async def check_auth(self, client: str) -> None:
+        if not await self._guard(self.strategy.test(self.auth, "auth-failures", client)):
+            raise _auth_error(
+                self.auth_per_minute, await self._retry_after(self.auth, "auth-failures", client)
+            )
+
+    async def auth_failed(self, client: str) -> None:
+        await self._guard(self.strategy.hit(self.auth, "auth-failures", client))
 
 
 # Drop expired slots, then add this run if there is room (or it already holds one).
@@ -86,7 +150,7 @@ return 0
 """
 
 
-class RedisLimiter:
+class RedisLimiter(_MovingWindows):
     def __init__(
         self,
         url: str,
@@ -95,17 +159,18 @@ class RedisLimiter:
         per_minute: int,
         max_runs: int,
         run_ttl_s: float,
+        auth_per_minute: int = 60,
         max_connections: int = 32,
     ) -> None:
         import redis.asyncio as aioredis
 
         self.url = url
         self.prefix = prefix
-        self.per_minute = per_minute
         self.max_runs = max_runs
         self.run_ttl_s = run_ttl_s
         # A blocking pool: a burst waits for a free connection (redis-py's default pool raises
         # "Too many connections" past 100, which would turn a burst of requests into 503s).
+        # The rate windows (limits) and the run slots share it.
         pool = aioredis.BlockingConnectionPool.from_url(
             url,
             max_connections=max_connections,
@@ -116,7 +181,25 @@ class RedisLimiter:
             health_check_interval=15,
         )
         self.client: Any = aioredis.Redis(connection_pool=pool)
+        # `connection_pool` is a documented option of limits' redis-py bridge; its signature
+        # types options as scalars only
+        shared: dict[str, Any] = {"connection_pool": pool}
+        storage = RedisStorage(
+            "async+" + url,
+            implementation="redispy",
+            key_prefix=f"{prefix}:rate",
+            wrap_exceptions=True,
+            **shared,
+        )
+        super().__init__(storage, per_minute=per_minute, auth_per_minute=auth_per_minute)
         self._acquire = self.client.register_script(_ACQUIRE)
+
+    async def _unavailable(self, error: Exception) -> LimiterUnavailable:
+        return LimiterUnavailable(
+            f"the rate limiter's Redis at {redact(self.url)} failed: {error}; check that it "
+            "runs (GROUNDWORK_SERVICE__REDIS_URL) or set GROUNDWORK_SERVICE__LIMITS_BACKEND="
+            "memory for a single process"
+        )
 
     async def _call(self, coro: Any) -> Any:
         from redis.exceptions import RedisError
@@ -124,22 +207,7 @@ class RedisLimiter:
         try:
             return await coro
         except RedisError as e:
-            raise LimiterUnavailable(
-                f"the rate limiter's Redis at {redact(self.url)} failed: {e}; check that it "
-                "runs (GROUNDWORK_SERVICE__REDIS_URL) or set GROUNDWORK_SERVICE__LIMITS_BACKEND="
-                "memory for a single process"
-            ) from e
-
-    async def hit(self, owner: str) -> None:
-        now = time.time()
-        window = int(now // WINDOW_S)
-        key = f"{self.prefix}:rate:{owner}:{window}"
-        pipe = self.client.pipeline(transaction=True)
-        pipe.incr(key)
-        pipe.expire(key, WINDOW_S * 2)
-        count, _ = await self._call(pipe.execute())
-        if int(count) > self.per_minute:
-            raise _rate_error(self.per_minute, (window + 1) * WINDOW_S - now)
+            raise await self._unavailable(e) from e
 
     async def _take(self, owner: str, run_id: str, force: bool) -> bool:
         now = time.time()
@@ -171,22 +239,14 @@ class RedisLimiter:
         await self.client.aclose()
 
 
-class MemoryLimiter:
-    def __init__(self, *, per_minute: int, max_runs: int, run_ttl_s: float) -> None:
-        self.per_minute = per_minute
+class MemoryLimiter(_MovingWindows):
+    def __init__(
+        self, *, per_minute: int, max_runs: int, run_ttl_s: float, auth_per_minute: int = 60
+    ) -> None:
+        super().__init__(MemoryStorage(), per_minute=per_minute, auth_per_minute=auth_per_minute)
         self.max_runs = max_runs
         self.run_ttl_s = run_ttl_s
-        self._counts: dict[tuple[str, int], int] = {}
         self._runs: dict[str, dict[str, float]] = {}
-
-    async def hit(self, owner: str) -> None:
-        now = time.time()
-        window = int(now // WINDOW_S)
-        self._counts = {k: v for k, v in self._counts.items() if k[1] >= window}
-        count = self._counts.get((owner, window), 0) + 1
-        self._counts[(owner, window)] = count
-        if count > self.per_minute:
-            raise _rate_error(self.per_minute, (window + 1) * WINDOW_S - now)
 
     def _live(self, owner: str) -> dict[str, float]:
         now = time.time()
@@ -210,4 +270,6 @@ class MemoryLimiter:
         return None
 
     async def aclose(self) -> None:
-        return None
+        timer = getattr(self.storage, "timer", None)
+        if timer is not None:
+            timer.cancel()

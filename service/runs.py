@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import re
+import socket
 import time
 import uuid
 from collections.abc import Callable
@@ -21,17 +24,20 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from agent.services import Services
-from agent.settings import RunContext, Settings
+from agent.settings import RunContext, Settings, override_fields
 from core.errors import GroundworkError
 from service.events import EventLog
 from service.limits import Limiter, LimiterUnavailable
+from service.pgstore import AnyStore
 from service.settings import ServiceSettings
-from service.store import ACTIVE, RunRow, RunStore
+from service.store import ACTIVE, TERMINAL, RunRow
 
 log = logging.getLogger(__name__)
 
 DOSSIER_MAX_CHARS = 200_000
-CONTEXT_KEYS = ("seed", "width", "height", "steps", "max_rounds", "max_tool_calls")
+CONTEXT_KEYS = frozenset(spec.name for spec in override_fields() if spec.http)
+"""RunContext fields a request may set (the override table's `http` rows)."""
+_CLI_RESUME = re.compile(r"groundwork run --thread (\S+)")
 
 
 class OutcomeLike(Protocol):
@@ -78,15 +84,69 @@ class RunnerLike(Protocol):
 
     async def values(self, thread_id: str, policy: Any = "planned") -> dict[str, Any]: ...
 
+    async def discard(self, thread_id: str, policy: Any = "planned") -> None:
+        """Drop the thread's unfinished work (a cancelled turn) so a new message starts the
+        next turn; earlier turns (their images, research and history) stay."""
+
+    async def seed_edit(
+        self, thread_id: str, policy: Any, prompt: str, image: dict[str, Any]
+    ) -> None:
+        """Start a new thread as if its first turn had asked to change `image` (a
+        GenerationResult as a dict): the run then refines the prompt and edits that image."""
+
 
 RunnerFactory = Callable[[Settings, Services], RunnerLike]
 
 
 def default_runner_factory(settings: Settings, services: Services) -> RunnerLike:
+    from langgraph.constants import END
+
     from graphs.runner import Runner
 
-    runner: RunnerLike = Runner(settings, services)
+    class ServiceRunner(Runner):
+        """The shared Runner plus what only the service needs: dropping a cancelled turn."""
+
+        async def discard(self, thread_id: str, policy: Any = "planned") -> None:
+            # LangGraph's documented way to clear a thread's pending tasks: an empty update
+            # "as END". The checkpoint keeps every value; only `next` becomes empty.
+            graph = self.graph(policy)
+            await graph.aupdate_state(self.config(thread_id), None, as_node=END)
+
+        async def seed_edit(
+            self, thread_id: str, policy: Any, prompt: str, image: dict[str, Any]
+        ) -> None:
+            # What intake writes for a refine of the image on screen; written "as intake", so
+            # the thread's next step is the graph's own refine edge (refine -> generate img2img
+            # -> critique), exactly the path of a chat refine.
+            values = {
+                "request": prompt,
+                "prompt": prompt,
+                "turn": 1,
+                "intent": "refine",
+                "edit_instruction": prompt,
+                "image": image,
+                "last_image": image,
+                "grounded": {"gen_prompt": prompt, "reference_images": [], "facts": []},
+                "image_ids": {},
+                "gaps": None,
+                "observations": [],
+                "rounds": [],
+                "round": 0,
+                "tool_calls": 0,
+            }
+            graph = self.graph(policy)
+            await graph.aupdate_state(self.config(thread_id), values, as_node="intake")
+
+    runner: RunnerLike = ServiceRunner(settings, services)
     return runner
+
+
+def for_service(text: str | None, run_id: str) -> str | None:
+    """An error text as a service client can act on it: the CLI's resume command becomes the
+    resume route (a service user has no `groundwork run --thread`)."""
+    if text is None:
+        return None
+    return _CLI_RESUME.sub(f"POST /v1/runs/{run_id}/resume", text)
 
 
 class ServiceBusy(GroundworkError):
@@ -131,7 +191,7 @@ class RunManager:
     def __init__(
         self,
         cfg: ServiceSettings,
-        store: RunStore,
+        store: AnyStore,
         events: EventLog,
         runner: RunnerLike,
         limiter: Limiter,
@@ -146,6 +206,9 @@ class RunManager:
         self._cancelled: set[str] = set()
         self._recording: set[str] = set()
         self._closing = False
+        self.replica = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        """This process among the replicas sharing a PostgreSQL store (lease holder name)."""
+        self._heartbeat: asyncio.Task[None] | None = None
 
     @property
     def active(self) -> int:
@@ -169,12 +232,22 @@ class RunManager:
         policy: str = "planned",
         context: dict[str, Any] | None = None,
         kind: str = "run",
+        edit: dict[str, Any] | None = None,
     ) -> RunRow:
-        """Record the run durably, then start it; the caller answers only after this returns."""
+        """Record the run durably, then start it; the caller answers only after this returns.
+
+        `edit` (a GenerationResult as a dict) makes it an edit of that image: the thread is
+        seeded before the run is recorded, so a restart resumes the edit, never a new image."""
         self._check_capacity()
         run_id = "run_" + uuid.uuid4().hex
         ctx = {k: v for k, v in (context or {}).items() if k in CONTEXT_KEYS and v is not None}
         await self.limiter.acquire(owner, run_id)
+        if edit is not None:
+            try:
+                await self.runner.seed_edit(run_id, policy, request, edit)
+            except BaseException:
+                await self.limiter.release(owner, run_id)
+                raise
         now = time.time()
         row = RunRow(
             id=run_id,
@@ -189,40 +262,84 @@ class RunManager:
             updated_at=now,
         )
         try:
-            await self.store.create(row, ("status", {"status": "queued", "turn": 1}))
+            await self.store.create(
+                row,
+                ("status", {"status": "queued", "turn": 1}),
+                lease=(self.replica, self.cfg.lease_ttl_s),
+            )
         except BaseException:
             await self.limiter.release(owner, run_id)
             raise
         log.info("run accepted", extra={"run_id": run_id, "tenant": owner, "kind": kind})
-        self._launch(row, request, resumed=False)
+        # an edit resumes its seeded thread (None); anything else starts from its request
+        self._launch(row, None if edit is not None else request, resumed=None)
         return row
 
     async def message(self, row: RunRow, text: str) -> RunRow:
-        """The next turn of a finished (or waiting) run's thread."""
+        """The next turn of a finished, waiting or cancelled run's thread.
+
+        A cancelled turn left unfinished work on the thread (the stages after the cancel);
+        it is dropped first, so the message starts a new turn instead of being refused as a
+        different prompt for the unfinished one. (`resume` continues the unfinished work.)"""
+        self._check_idle(row)
+        if row.status == "cancelled":
+            pending = tuple(p for p in await self.runner.pending(row.id, row.policy) if p)
+            if pending:
+                await self.runner.discard(row.id, row.policy)
+        return await self._next_turn(row, text, turn=row.turn + 1)
+
+    async def resume(self, row: RunRow) -> RunRow:
+        """Continue a failed or cancelled turn from its checkpoint, without repeating the
+        stages it finished."""
+        self._check_idle(row)
+        if row.status not in ("failed", "cancelled"):
+            raise RunConflict(
+                f"run {row.id} is {row.status}; only a failed or cancelled run can be resumed "
+                f"(send a message with POST /v1/runs/{row.id}/messages to continue its thread)"
+            )
+        pending = tuple(p for p in await self.runner.pending(row.id, row.policy) if p)
+        if not pending:
+            raise RunConflict(
+                f"run {row.id} has nothing left to resume (it stopped before its first "
+                f"checkpoint, or after its last stage); send its prompt again with POST "
+                f"/v1/runs/{row.id}/messages"
+            )
+        return await self._next_turn(row, None, turn=row.turn)
+
+    def _check_idle(self, row: RunRow) -> None:
         if row.status in ACTIVE or row.id in self._tasks:
             raise RunConflict(
                 f"run {row.id} is still {row.status}; wait for it to finish (GET /v1/runs/"
                 f"{row.id}/events) or cancel it before sending a message"
             )
         self._check_capacity()
+
+    async def _next_turn(self, row: RunRow, text: str | None, *, turn: int) -> RunRow:
+        """Queue `text` as turn `turn` of the thread (None: resume the current turn)."""
         await self.limiter.acquire(row.owner, row.id)
-        turn = row.turn + 1
         try:
             await self.events.attach(row.id)
-            fields = {"request": text, "turn": turn, "error": None, "question": None}
+            fields: dict[str, Any] = {"turn": turn, "error": None, "question": None}
+            if text is not None:
+                fields["request"] = text
             await self.events.transition(row.id, "queued", fields, {"turn": turn})
         except BaseException:
             await self.limiter.release(row.owner, row.id)
             self.events.detach(row.id)
             raise
         log.info("run message accepted", extra={"run_id": row.id, "tenant": row.owner})
-        row.status, row.request, row.turn = "queued", text, turn
-        self._launch(row, text, resumed=False)
+        row.status, row.turn = "queued", turn
+        if text is not None:
+            row.request = text
+        self._launch(row, text, resumed="resumed from its checkpoint" if text is None else None)
         return row
 
     async def cancel(self, row: RunRow) -> bool:
-        """Stop an unfinished run; False when it had already finished."""
+        """Stop an unfinished run; False when it had already finished. A run another replica
+        drives gets a cancel request that replica acts on at its next heartbeat."""
         task = self._tasks.get(row.id)
+        if task is None and self.store.shared and await self.store.status(row.id) in ACTIVE:
+            return await self._cancel_remote(row.id)
         if task is None or row.id in self._recording:
             return False  # finished, or its outcome is being stored: too late to cancel
         self._cancelled.add(row.id)
@@ -230,32 +347,49 @@ class RunManager:
         await asyncio.wait({task})
         return True
 
+    async def _cancel_remote(self, run_id: str) -> bool:
+        await self.store.request_cancel(run_id)
+        deadline = time.monotonic() + self.cfg.lease_ttl_s * 2
+        while time.monotonic() < deadline:
+            status = await self.store.status(run_id)
+            if status in TERMINAL:
+                return status == "cancelled"
+            await asyncio.sleep(min(0.2, self.cfg.lease_ttl_s / 10))
+        return True  # requested; its driver (or the replica that takes it over) cancels it
+
     async def wait(self, run_id: str) -> None:
-        """Until the run's task ends; never cancels it (a client disconnect leaves it running)."""
+        """Until the run ends; never cancels it (a client disconnect leaves it running). With
+        a shared store the run may end on another replica (a takeover): its record says when."""
         task = self._tasks.get(run_id)
         if task is not None:
             await asyncio.wait({task})
+        if self.store.shared:
+            while await self.store.status(run_id) in ACTIVE:
+                await asyncio.sleep(self.cfg.sse_poll_s)
 
     # -- executing ----------------------------------------------------------------------------
-    def _launch(self, row: RunRow, request: str | None, *, resumed: bool) -> None:
+    def _launch(self, row: RunRow, request: str | None, *, resumed: str | None) -> None:
+        """Start the run's task; `resumed` is the notice its stream gets when it goes on from
+        a checkpoint."""
         task = asyncio.create_task(
             self._execute(row, request, resumed=resumed), name=f"run-{row.id}"
         )
         self._tasks[row.id] = task
 
-    async def _execute(self, row: RunRow, request: str | None, *, resumed: bool) -> None:
+    async def _execute(self, row: RunRow, request: str | None, *, resumed: str | None) -> None:
         run_id = row.id
         extra = {"run_id": run_id, "tenant": row.owner}
         finished = False
         try:
+            if not await self.store.claim(run_id, self.replica, self.cfg.lease_ttl_s):
+                log.info("run is driven by another replica", extra=extra)
+                return
             await self.events.attach(run_id)
             async with self._slots:
                 await self.events.transition(run_id, "running", {}, {"turn": row.turn})
                 if resumed:
-                    self.events.emit(
-                        run_id, "notice", {"text": "resumed from its checkpoint after a restart"}
-                    )
-                log.info("run started", extra={**extra, "resumed": resumed})
+                    self.events.emit(run_id, "notice", {"text": resumed})
+                log.info("run started", extra={**extra, "resumed": bool(resumed)})
 
                 def on_event(event: Any) -> None:
                     self.events.emit(run_id, str(event["kind"]), dict(event["data"]))
@@ -278,7 +412,10 @@ class RunManager:
                 await asyncio.shield(self._end(row, "cancelled", "cancelled by the client"))
                 finished = True
             else:
-                log.info("run interrupted by shutdown; it resumes at the next start", extra=extra)
+                log.info(
+                    "run interrupted (shutdown or lease lost); it resumes from its checkpoint",
+                    extra=extra,
+                )
             raise
         except TimeoutError:
             await self._end(
@@ -302,6 +439,16 @@ class RunManager:
             self.events.detach(run_id)
             if finished:
                 await asyncio.shield(self._release(row))
+            # finished: nobody needs it; interrupted: another replica may take it over now
+            await asyncio.shield(self._drop_lease(run_id))
+
+    async def _drop_lease(self, run_id: str) -> None:
+        from service.store import StoreError
+
+        try:
+            await self.store.release_lease(run_id, self.replica)
+        except StoreError as e:
+            log.warning("lease not released (it expires): %s", e, extra={"run_id": run_id})
 
     async def _release(self, row: RunRow) -> None:
         try:
@@ -314,15 +461,17 @@ class RunManager:
         result = outcome_result(outcome)
         await self.store.grant(row.owner, artifact_shas(outcome.output))
         status = outcome.status if outcome.status in ("done", "failed", "interrupted") else "failed"
-        fields = {"result": result, "error": outcome.error, "question": outcome.question}
-        data = {"turn": row.turn, "error": outcome.error, "question": outcome.question}
+        error = for_service(outcome.error, row.id)
+        fields = {"result": result, "error": error, "question": outcome.question}
+        data = {"turn": row.turn, "error": error, "question": outcome.question}
         await self.events.transition(row.id, status, fields, data)  # type: ignore[arg-type]
         log.info(
             "run finished",
-            extra={"run_id": row.id, "tenant": row.owner, "status": status, "error": outcome.error},
+            extra={"run_id": row.id, "tenant": row.owner, "status": status, "error": error},
         )
 
     async def _end(self, row: RunRow, status: Any, reason: str) -> None:
+        reason = for_service(reason, row.id) or reason
         await self.events.transition(
             row.id, status, {"error": reason}, {"turn": row.turn, "error": reason}
         )
@@ -334,46 +483,92 @@ class RunManager:
     # -- restart and shutdown -----------------------------------------------------------------
     async def recover(self) -> dict[str, int]:
         """Start what was accepted but never started; resume what was running from its
-        checkpoint; fail (with the reason) only what the checkpoint database cannot answer."""
+        checkpoint; fail (with the reason) only what the checkpoint database cannot answer.
+        With a shared store, only runs whose lease lapsed (no live replica drives them)."""
         counts = {"started": 0, "resumed": 0, "failed": 0}
         for row in await self.store.unfinished():
-            try:
-                await self.limiter.hold(row.owner, row.id)
-            except LimiterUnavailable as e:
-                log.warning("run slot not restored: %s", e, extra={"run_id": row.id})
-            if row.status == "queued":
-                self._launch(row, row.request, resumed=False)
-                counts["started"] += 1
+            if row.id in self._tasks:
                 continue
-            try:
-                pending = tuple(p for p in await self.runner.pending(row.id, row.policy) if p)
-                values = {} if pending else await self.runner.values(row.id, row.policy)
-            except GroundworkError as e:
-                await self.events.attach(row.id)
-                await self._end(row, "failed", f"the server restarted and cannot resume: {e}")
-                self.events.detach(row.id)
-                await self._release(row)
-                counts["failed"] += 1
-                continue
-            reached = values.get("request") == row.request and int(values.get("turn") or 0) >= (
-                row.turn
-            )
-            if pending or reached:
-                # unfinished: go on from the last stage; finished but unrecorded: the runner
-                # returns the stored outcome without running anything again
-                self._launch(row, None, resumed=True)
-                counts["resumed"] += 1
-            else:
-                # stopped before this turn's first checkpoint: nothing ran yet, start it
-                self._launch(row, row.request, resumed=False)
-                counts["started"] += 1
+            if not await self.store.claim(row.id, self.replica, self.cfg.lease_ttl_s):
+                continue  # another replica took it first
+            counts[await self._recover_row(row)] += 1
         if any(counts.values()):
-            log.info("recovered unfinished runs", extra=counts)
+            log.info("recovered unfinished runs", extra={**counts, "replica": self.replica})
         return counts
+
+    async def _recover_row(self, row: RunRow) -> str:
+        try:
+            await self.limiter.hold(row.owner, row.id)
+        except LimiterUnavailable as e:
+            log.warning("run slot not restored: %s", e, extra={"run_id": row.id})
+        if row.status == "queued":
+            self._launch(row, row.request, resumed=None)
+            return "started"
+        try:
+            pending = tuple(p for p in await self.runner.pending(row.id, row.policy) if p)
+            values = {} if pending else await self.runner.values(row.id, row.policy)
+        except GroundworkError as e:
+            await self.events.attach(row.id)
+            await self._end(row, "failed", f"the server restarted and cannot resume: {e}")
+            self.events.detach(row.id)
+            await self._release(row)
+            await self._drop_lease(row.id)
+            return "failed"
+        reached = values.get("request") == row.request and int(values.get("turn") or 0) >= (
+            row.turn
+        )
+        if pending or reached:
+            # unfinished: go on from the last stage; finished but unrecorded: the runner
+            # returns the stored outcome without running anything again
+            self._launch(row, None, resumed="resumed from its checkpoint after a restart")
+            return "resumed"
+        # stopped before this turn's first checkpoint: nothing ran yet, start it
+        self._launch(row, row.request, resumed=None)
+        return "started"
+
+    def start(self) -> None:
+        """Begin the heartbeat: renew this replica's leases, act on cancel requests from other
+        replicas, and take over runs whose replica died (shared store only)."""
+        if self.store.shared and self._heartbeat is None:
+            self._heartbeat = asyncio.create_task(self._beat(), name="service-heartbeat")
+
+    async def _beat(self) -> None:
+        from service.store import StoreError
+
+        interval = self.cfg.lease_ttl_s / 3
+        while not self._closing:
+            await asyncio.sleep(interval)
+            try:
+                await self._beat_once()
+            except (StoreError, LimiterUnavailable) as e:
+                # leases lapse if this goes on; another replica then takes the runs over
+                log.warning("heartbeat failed: %s", e, extra={"replica": self.replica})
+
+    async def _beat_once(self) -> None:
+        local = set(self._tasks)
+        held = await self.store.renew(local, self.replica, self.cfg.lease_ttl_s)
+        for run_id in local - held:
+            task = self._tasks.get(run_id)
+            if task is not None and run_id not in self._recording:
+                # another replica took it over (this one stalled past its lease): stop
+                # driving it; it is not cancelled, it goes on there
+                log.warning("lease lost; stopping the run here", extra={"run_id": run_id})
+                task.cancel()
+        for run_id in await self.store.cancel_requested(held):
+            task = self._tasks.get(run_id)
+            await self.store.clear_cancel(run_id)
+            if task is not None and run_id not in self._recording:
+                self._cancelled.add(run_id)
+                task.cancel()
+        if not self._closing:
+            await self.recover()
 
     async def shutdown(self, grace_s: float) -> None:
         """Let runs finish for `grace_s`, then stop the rest (they stay resumable)."""
         self._closing = True
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            await asyncio.gather(self._heartbeat, return_exceptions=True)
         tasks = set(self._tasks.values())
         if tasks and grace_s > 0:
             await asyncio.wait(tasks, timeout=grace_s)

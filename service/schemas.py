@@ -7,11 +7,11 @@ image) is in extra fields that clients which do not know them simply ignore.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
-Policy = Literal["planned", "react"]
+from agent.settings import OverrideField, Policy, override_fields
 
 
 # -- OpenAI Images API --------------------------------------------------------------------------
@@ -66,17 +66,41 @@ class ImagesResponse(BaseModel):
 
 
 # -- runs ---------------------------------------------------------------------------------------
-class RunCreate(BaseModel):
+class RunCreateBase(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     prompt: str = Field(min_length=1, description="The image prompt.")
     policy: Policy = Field(default="planned", description="planned (default) or react.")
-    seed: int | None = Field(default=None, ge=0, le=2**32 - 1)
-    width: int | None = Field(default=None, ge=64, le=2048)
-    height: int | None = Field(default=None, ge=64, le=2048)
-    steps: int | None = Field(default=None, ge=1, le=100)
-    max_rounds: int | None = Field(default=None, ge=1, le=10)
-    max_tool_calls: int | None = Field(default=None, ge=0, le=200)
+
+
+def _override_field(spec: OverrideField) -> tuple[Any, Any]:
+    """A request field for one row of the override table: optional, with the constraints
+    (ge/le...) of the Settings field it overrides, so a value the settings would refuse is a
+    422 at the door rather than a failed run."""
+    target = spec.settings_field()
+    annotated: Any = Annotated[(spec.type, *target.metadata)] if target.metadata else spec.type
+    return annotated | None, Field(default=None, description=spec.help)
+
+
+def http_override_fields() -> tuple[OverrideField, ...]:
+    """The rows of `agent.settings.override_fields()` a request may set (`http=True`)."""
+    return tuple(spec for spec in override_fields() if spec.http)
+
+
+if TYPE_CHECKING:
+
+    class RunCreate(RunCreateBase):
+        """`POST /v1/runs`: the prompt, the policy and the per-run overrides."""
+
+else:
+    # Generated from the override table (agent.settings.RunContext): adding an override there
+    # adds its request field here, with no map to keep in step.
+    RunCreate = create_model(
+        "RunCreate",
+        __base__=RunCreateBase,
+        __doc__="`POST /v1/runs`: the prompt, the policy and the per-run overrides.",
+        **{spec.name: _override_field(spec) for spec in http_override_fields()},
+    )
 
 
 class MessageCreate(BaseModel):
@@ -160,7 +184,7 @@ class Check(BaseModel):
     detail: str
 
 
-class Readiness(BaseModel):
+class ReadinessView(BaseModel):
     ready: bool
     checks: dict[str, Check]
 

@@ -61,6 +61,12 @@ class ServiceSettings(BaseSettings):
     rate_limit_per_minute: int = Field(
         default=600, ge=1, description="Authenticated requests per token per minute."
     )
+    auth_failures_per_minute: int = Field(
+        default=60,
+        ge=1,
+        description="Requests with a missing or invalid token per client address per minute; "
+        "past it, that address gets 429 before its token is even checked.",
+    )
     max_concurrent_runs: int = Field(
         default=4, ge=1, description="Unfinished runs per token (queued or running)."
     )
@@ -93,6 +99,19 @@ class ServiceSettings(BaseSettings):
     sse_keepalive_s: float = Field(
         default=15.0, gt=0, description="Seconds between SSE comments on a quiet stream."
     )
+    lease_ttl_s: float = Field(
+        default=15.0,
+        gt=0,
+        description="With PostgreSQL (several replicas): a replica renews the lease of each run "
+        "it drives every third of this; a run whose lease lapsed (its replica died) is taken "
+        "over by another replica.",
+    )
+    sse_poll_s: float = Field(
+        default=0.5,
+        gt=0,
+        description="With PostgreSQL: how often an SSE stream checks for events written by "
+        "another replica (local events wake it at once).",
+    )
     shutdown_grace_s: float = Field(
         default=10.0,
         ge=0,
@@ -100,6 +119,17 @@ class ServiceSettings(BaseSettings):
         "(they stay checkpointed and resume at the next start).",
     )
     probe_timeout_s: float = Field(default=2.0, gt=0, description="Per-check /readyz timeout.")
+    readyz_cache_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="How long /readyz reuses its last probe of the LLM endpoints (the only "
+        "outbound requests it makes).",
+    )
+    max_upload_bytes: int = Field(
+        default=16 * 1024 * 1024,
+        ge=1024,
+        description="Largest body of POST /v1/images/edits (an image upload; 413 above).",
+    )
 
     @field_validator("tokens", mode="before")
     @classmethod

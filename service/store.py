@@ -298,8 +298,14 @@ class RunStore:
         await self._read(lambda c: c.execute("SELECT 1").fetchone())
 
     # -- runs ---------------------------------------------------------------------------------
-    async def create(self, row: RunRow, event: tuple[str, dict[str, Any]]) -> None:
-        """Insert a run and its first event (seq 1), durably."""
+    async def create(
+        self,
+        row: RunRow,
+        event: tuple[str, dict[str, Any]],
+        lease: tuple[str, float] | None = None,
+    ) -> None:
+        """Insert a run and its first event (seq 1), durably. (`lease`: see PgRunStore; one
+        process owns a SQLite file, so it has no use here.)"""
         values = (
             row.id,
             row.owner,
@@ -366,6 +372,28 @@ class RunStore:
         sql = f"SELECT {_COLUMNS} FROM runs WHERE owner = ? ORDER BY created_at DESC LIMIT ?"
         rows = await self._read(lambda c: c.execute(sql, (owner, limit)).fetchall())
         return [RunRow.from_db(r) for r in rows]
+
+    # -- leases (one process owns its SQLite file: every lease is its own) --------------------
+    shared = False
+    """Whether other server processes read and drive these runs (PgRunStore: True)."""
+
+    async def claim(self, run_id: str, replica: str, ttl_s: float) -> bool:
+        return True
+
+    async def renew(self, run_ids: Iterable[str], replica: str, ttl_s: float) -> set[str]:
+        return set(run_ids)
+
+    async def release_lease(self, run_id: str, replica: str) -> None:
+        return None
+
+    async def request_cancel(self, run_id: str) -> None:
+        return None
+
+    async def cancel_requested(self, run_ids: Iterable[str]) -> set[str]:
+        return set()
+
+    async def clear_cancel(self, run_id: str) -> None:
+        return None
 
     # -- events -------------------------------------------------------------------------------
     def append_events(self, rows: list[EventRow], on_commit: Callable[[], None]) -> None:

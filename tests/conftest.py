@@ -47,7 +47,7 @@ def redis_url() -> Iterator[str]:
 
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server not on PATH (apt-get install redis-server)")
-    from generators.redis_server import RedisServer
+    from tests.support.redis_server import RedisServer
 
     with RedisServer() as server:
         yield server.url

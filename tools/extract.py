@@ -1,9 +1,18 @@
 """Main-text extraction from HTML and query-relevant passage selection, for `browse`.
 
-Stdlib only (html.parser), because the pages are hostile and the output is plain text: no
-scripts run, no external entities resolve. Boilerplate (navigation, headers, footers, forms,
-scripts, asides) is dropped; `<article>`/`<main>` content is preferred when a page has it.
-Passages are ranked by BM25 against the query, which needs no model and works offline.
+Extraction is trafilatura's (the field's standard main-text extractor, on lxml/libxml2), run
+with hard caps on the work a page can cause, because pages are hostile (issue 22.2):
+- at most `max_chars` characters are parsed (the fetcher already cut the body at
+  `max_page_bytes`);
+- libxml2 parses in C, linearly, and bounds nesting depth itself;
+- the parsed tree is cut to its first `max_elements` elements in document order before
+  trafilatura walks it (its cost is ~40 us per element, so this bounds a 2 MB page made of
+  100,000 paragraphs to about a second instead of seven);
+- only the first `max_text_chars` of extracted text is chunked and ranked.
+The stdlib `html.parser` extractor this replaces was quadratic on repeated `<!--` (500 KB:
+101 s) and could not be stopped; `read_page` now runs in a worker process that is killed on
+timeout (`tools.extract_pool`). Passages are ranked by BM25 against the query, which needs no
+model and works offline. No script runs and no external entity resolves in either path.
 """
 
 from __future__ import annotations
@@ -12,172 +21,143 @@ import math
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from html.parser import HTMLParser
+from typing import TYPE_CHECKING, Any
 
-_SKIP = {
-    "script",
-    "style",
-    "noscript",
-    "template",
-    "svg",
-    "math",
-    "canvas",
-    "iframe",
-    "object",
-    "nav",
-    "header",
-    "footer",
-    "aside",
-    "form",
-    "button",
-    "select",
-    "textarea",
-    "head",
-}
-_BLOCK = {
-    "p",
-    "div",
-    "section",
-    "article",
-    "main",
-    "li",
-    "ul",
-    "ol",
-    "h1",
-    "h2",
-    "h3",
-    "h4",
-    "h5",
-    "h6",
-    "blockquote",
-    "pre",
-    "td",
-    "th",
-    "tr",
-    "table",
-    "dd",
-    "dt",
-    "dl",
-    "figcaption",
-    "figure",
-    "br",
-    "hr",
-    "caption",
-    "summary",
-    "details",
-    "address",
-}
-_VOID = {
-    "br",
-    "hr",
-    "img",
-    "meta",
-    "link",
-    "input",
-    "area",
-    "base",
-    "col",
-    "embed",
-    "source",
-    "track",
-    "wbr",
-    "param",
-}
-_BOILERPLATE_HINT = re.compile(
-    r"(^|[\s_-])(nav|menu|footer|header|sidebar|cookie|banner|advert|ads|share|social|"
-    r"related|comments?|subscribe|newsletter|breadcrumbs?|popup|modal|promo|sponsored|"
-    r"signup|paywall|disqus)([\s_-]|$)",
-    re.I,
-)
+if TYPE_CHECKING:
+    from lxml.html import HtmlElement
+
+
+@dataclass(frozen=True)
+class PageLimits:
+    """The caps on the work one page may cause (see the module docstring)."""
+
+    max_chars: int = 2_500_000
+    max_elements: int = 25_000
+    max_text_chars: int = 400_000
 
 
 @dataclass
 class ExtractedPage:
     title: str = ""
     blocks: list[str] = field(default_factory=list)  # main-text paragraphs, document order
+    notes: list[str] = field(default_factory=list)  # caps that were hit
 
 
-class _Extractor(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.title = ""
-        self._in_title = False
-        self._skip_depth = 0
-        self._stack: list[tuple[str, bool, bool]] = []  # (tag, started a skip, started main)
-        self._main_depth = 0
-        self._current: list[str] = []
-        self.blocks: list[tuple[str, bool]] = []  # (text, inside article/main)
-
-    def _flush(self) -> None:
-        text = " ".join("".join(self._current).split())
-        if text:
-            self.blocks.append((text, self._main_depth > 0))
-        self._current = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag == "title":
-            self._in_title = True
-        if tag in _VOID:
-            if tag in _BLOCK:
-                self._flush()
-            return
-        marker = " ".join(v or "" for k, v in attrs if k in ("class", "id", "role"))
-        skip = (
-            tag in _SKIP
-            or bool(_BOILERPLATE_HINT.search(marker))
-            and tag not in ("article", "main", "body", "html")
-        )
-        if skip:
-            self._skip_depth += 1
-        if tag in ("article", "main") or ("main" in marker.split() and tag != "nav"):
-            self._main_depth += 1
-            main = True
-        else:
-            main = False
-        if tag in _BLOCK:
-            self._flush()
-        self._stack.append((tag, skip, main))
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag == "title":
-            self._in_title = False
-        if tag in _VOID:
-            return
-        # Close up to the matching open tag (tolerates unclosed <p>, <li>, ...).
-        for pos in range(len(self._stack) - 1, -1, -1):
-            if self._stack[pos][0] == tag:
-                break
-        else:
-            return
-        while len(self._stack) > pos:
-            open_tag, skip, main = self._stack.pop()
-            if open_tag in _BLOCK:
-                self._flush()
-            if skip:
-                self._skip_depth -= 1
-            if main:
-                self._main_depth -= 1
-
-    def handle_data(self, data: str) -> None:
-        if self._in_title:
-            self.title += data
-            return
-        if self._skip_depth == 0:
-            self._current.append(data)
+def _cut_tree(tree: HtmlElement, max_elements: int) -> int:
+    """Keep the first `max_elements` elements of `tree` in document order; returns how many
+    were dropped. Linear: one walk to the cut point, then one removal per dropped subtree."""
+    cut_at = None
+    for n, el in enumerate(tree.iter(), 1):
+        if n == max_elements:
+            cut_at = el
+            break
+    if cut_at is None:
+        return 0
+    before = sum(1 for _ in tree.iter())
+    for child in list(cut_at):
+        cut_at.remove(child)
+    node = cut_at
+    while node is not None:
+        parent = node.getparent()
+        if parent is None:
+            break
+        nxt = node.getnext()
+        while nxt is not None:
+            after = nxt.getnext()
+            parent.remove(nxt)
+            nxt = after
+        node = parent
+    return before - sum(1 for _ in tree.iter())
 
 
-def extract_main_text(html: str) -> ExtractedPage:
-    parser = _Extractor()
-    parser.feed(html)
-    parser.close()
-    parser._flush()
-    blocks = parser.blocks
-    if any(in_main for _, in_main in blocks):
-        main_words = sum(len(t.split()) for t, m in blocks if m)
-        if main_words >= 40:
-            blocks = [(t, m) for t, m in blocks if m]
-    texts = [t for t, _ in blocks if len(t.split()) >= 3 or t.endswith((".", ":", "?", "!"))]
-    return ExtractedPage(title=" ".join(parser.title.split()), blocks=texts)
+def _title(tree: HtmlElement) -> str:
+    for el in tree.iter("title"):
+        return " ".join((el.text_content() or "").split())[:500]
+    return ""
+
+
+def extract_main_text(html: str, limits: PageLimits | None = None) -> ExtractedPage:
+    """The page's title and main-text paragraphs (boilerplate, navigation, comments, scripts
+    dropped), with every cap of `limits` applied. CPU-bound and only bounded by the caps: call
+    it through `tools.extract_pool` (a worker process killed on timeout), not on a thread."""
+    import trafilatura
+    from trafilatura.utils import load_html
+
+    lim = limits or PageLimits()
+    notes: list[str] = []
+    if len(html) > lim.max_chars:
+        html = html[: lim.max_chars]
+        notes.append(f"page cut at {lim.max_chars:,} characters before parsing")
+    tree = load_html(html)
+    if tree is None:
+        return ExtractedPage(notes=[*notes, "page did not parse as HTML"])
+    title = _title(tree)
+    dropped = _cut_tree(tree, lim.max_elements)
+    if dropped:
+        notes.append(f"page cut at {lim.max_elements:,} HTML elements ({dropped:,} dropped)")
+    doc: Any = trafilatura.bare_extraction(
+        tree,
+        fast=True,
+        with_metadata=False,
+        include_comments=False,
+        include_tables=True,
+        include_images=False,
+        include_links=False,
+    )
+    text = str(getattr(doc, "text", None) or "") if doc is not None else ""
+    if len(text) > lim.max_text_chars:
+        text = text[: lim.max_text_chars]
+        notes.append(f"text cut at {lim.max_text_chars:,} characters")
+    blocks = [" ".join(line.split()) for line in text.split("\n")]
+    blocks = [b for b in blocks if len(b.split()) >= 3 or b.endswith((".", ":", "?", "!"))]
+    return ExtractedPage(title=title, blocks=blocks, notes=notes)
+
+
+@dataclass
+class PageReading:
+    """What `read_page` returns: the passages most relevant to the query, best first."""
+
+    title: str
+    passages: list[tuple[str, float]]
+    notes: list[str] = field(default_factory=list)
+    relevant: bool = True  # False: nothing matched the query; the page's opening is shown
+
+
+def read_page(
+    text: str,
+    is_html: bool,
+    query: str,
+    passage_chars: int,
+    k: int,
+    limits: PageLimits | None = None,
+) -> PageReading:
+    """Extract (HTML) or split (plain text), chunk into passages near `passage_chars`, rank them
+    by BM25 against `query`; the whole of browse's CPU work on one page, every step bounded by
+    `limits`. This is the function `tools.extract_pool` runs in its worker processes."""
+    lim = limits or PageLimits()
+    if is_html:
+        page = extract_main_text(text, lim)
+        blocks, title, notes = page.blocks, page.title, page.notes
+    else:
+        notes = []
+        if len(text) > lim.max_text_chars:
+            text = text[: lim.max_text_chars]
+            notes.append(f"text cut at {lim.max_text_chars:,} characters")
+        blocks, title = text_to_blocks(text), ""
+    passages = chunk_blocks(blocks, passage_chars)
+    if not passages:
+        return PageReading(title=title, passages=[], notes=notes)
+    scores = rank_passages(query, passages, title)
+    order = sorted(range(len(passages)), key=lambda i: -scores[i])
+    relevant = scores[order[0]] > 0
+    if not relevant:
+        order = list(range(len(passages)))
+    return PageReading(
+        title=title,
+        passages=[(passages[i], round(scores[i], 4)) for i in order[:k]],
+        notes=notes,
+        relevant=relevant,
+    )
 
 
 def text_to_blocks(text: str) -> list[str]:
@@ -198,9 +178,13 @@ def chunk_blocks(blocks: list[str], target_chars: int) -> list[str]:
                     pieces.append(buf)
                     buf = ""
                 buf = f"{buf} {s}".strip()
-                while len(buf) > target_chars * 1.5:
-                    pieces.append(buf[:target_chars])
-                    buf = buf[target_chars:]
+                if len(buf) > target_chars * 1.5:
+                    # One long run with no sentence end: cut it in windows by index (slicing
+                    # the remainder again and again was quadratic in its length).
+                    cuts = range(0, len(buf), target_chars)
+                    windows = [buf[i : i + target_chars] for i in cuts]
+                    pieces.extend(windows[:-1])
+                    buf = windows[-1]
             if buf:
                 pieces.append(buf)
         for piece in pieces:

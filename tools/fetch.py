@@ -24,7 +24,7 @@ import time
 import zlib
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
 from urllib.parse import urljoin
 
 import httpcore
@@ -341,6 +341,25 @@ def _check_magic(kind: FetchKind, head: bytes, content_type: str, url: str) -> N
 
 
 # --- the fetcher ------------------------------------------------------------------------------
+
+
+class Fetcher(Protocol):
+    """What the toolkit downloads through (`Toolkit(fetcher=...)`): `SafeFetcher`, or a
+    recorder/replayer with the same call shape. Raises `FetchError` for every failure."""
+
+    async def fetch(
+        self,
+        url: str,
+        *,
+        kind: FetchKind = "any",
+        max_bytes: int | None = None,
+        truncate: bool = False,
+        params: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None,
+        timeout_s: float | None = None,
+    ) -> FetchResult: ...
+
+    async def aclose(self) -> None: ...
 
 
 class SafeFetcher:

@@ -1,93 +1,52 @@
 """Turning downloaded bytes into images the rest of Groundwork can trust.
 
-An image is accepted only after a full decode: a header that parses says nothing about the
-pixel data behind it, and a small file can declare billions of pixels (a decompression bomb).
-The pixel cap is checked from the header before any pixel is decoded, so a bomb costs nothing.
+Every decode goes through `retrieval.safe_image` (the one guarded image-open helper, shared with
+knowledge-base ingestion): an image is accepted only after a full decode, since a header that
+parses says nothing about the pixel data behind it; every decoder failure (a decompression
+bomb, a truncated file, an unknown format) becomes `ImageRejected`, the failure of that one
+image; and the memory a decode will take is estimated in bytes, per format, from the header
+before any pixel is decoded, so a bomb costs nothing and `DecodeBudget` can bound what all
+concurrent decodes hold together.
 """
 
 from __future__ import annotations
 
 import asyncio
-import io
-import warnings
 from collections import deque
 from dataclasses import dataclass
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from core.errors import GroundworkError
+from retrieval.safe_image import (
+    MEDIA_TYPES,
+    WEB_FORMATS,
+    DecodedImage,
+    ImageProbe,
+    ImageRejected,
+    decode_image,
+    probe_image,
+)
 
-ACCEPTED_FORMATS = {
-    "PNG": "image/png",
-    "JPEG": "image/jpeg",
-    "GIF": "image/gif",
-    "WEBP": "image/webp",
-}
+ACCEPTED_FORMATS = {fmt: MEDIA_TYPES[fmt] for fmt in WEB_FORMATS}
 
-
-class ImageRejected(GroundworkError, ValueError):
-    """Bytes that are not an acceptable image; the message says why."""
-
-
-@dataclass
-class DecodedImage:
-    image: Image.Image  # RGB, fully decoded
-    media_type: str
-    width: int
-    height: int
-
-
-def decode_image(data: bytes, max_pixels: int) -> DecodedImage:
-    """Decode fully or raise ImageRejected. CPU-bound: call it in a worker thread."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data), formats=list(ACCEPTED_FORMATS))
-            width, height = im.size
-            if width <= 0 or height <= 0:
-                raise ImageRejected(f"image has no pixels ({width}x{height})")
-            if width * height > max_pixels:
-                raise ImageRejected(
-                    f"image declares {width}x{height} = {width * height} pixels, over the "
-                    f"{max_pixels}-pixel cap (decompression-bomb guard); not decoded"
-                )
-            media_type = ACCEPTED_FORMATS[str(im.format)]
-            im.load()
-            rgb = im.convert("RGB")
-    except ImageRejected:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageRejected(f"decompression bomb refused by Pillow: {exc}") from exc
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise ImageRejected(f"image does not decode: {type(exc).__name__}: {exc}") from exc
-    return DecodedImage(image=rgb, media_type=media_type, width=width, height=height)
+__all__ = [
+    "ACCEPTED_FORMATS",
+    "DecodeBudget",
+    "DecodedImage",
+    "Fingerprint",
+    "ImageProbe",
+    "ImageRejected",
+    "decode_image",
+    "probe_image",
+    "thumbnail",
+]
 
 
-def probe_size(data: bytes) -> tuple[int, int]:
-    """Width and height from the header alone (no pixel is decoded): what a decode will cost,
-    known before paying it."""
-    try:
-        with Image.open(io.BytesIO(data), formats=list(ACCEPTED_FORMATS)) as im:
-            return im.size
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise ImageRejected(f"image does not decode: {type(exc).__name__}: {exc}") from exc
-
-
-def decode_reduced(data: bytes, max_pixels: int, max_side: int) -> DecodedImage:
-    """Decode fully (the proof the bytes are an image), then keep only a copy at most
-    `max_side` pixels on its longest side: ranking, fingerprints and thumbnails need no more,
-    and the full decode is freed when this returns. `width`/`height` stay the original's."""
-    decoded = decode_image(data, max_pixels)
-    if max(decoded.image.size) > max_side:
-        decoded.image = thumbnail(decoded.image, max_side)
-    return decoded
-
-
-class PixelBudget:
-    """A bound on the decoded pixels held at once, shared by every image decode of a toolkit.
+class DecodeBudget:
+    """A bound on the decoded bytes held at once, shared by every image decode of a toolkit.
 
     A weighted semaphore: `acquire(n)` waits (first come, first served, so one huge image is
-    not starved by many small ones) until `n` more pixels fit under `capacity`. A request
+    not starved by many small ones) until `n` more bytes fit under `capacity`. A request
     larger than the capacity is clamped to it, so it runs alone instead of never. `release` is
     synchronous so that a decode thread that outlives a cancelled caller can return its share
     from a done-callback, only when its memory is really gone.
@@ -95,7 +54,7 @@ class PixelBudget:
 
     def __init__(self, capacity: int) -> None:
         if capacity < 1:
-            raise ValueError(f"pixel budget must be positive, got {capacity}")
+            raise ValueError(f"decode budget must be positive, got {capacity}")
         self.capacity = capacity
         self.held = 0
         self.peak = 0  # the most ever held at once (benchmarks, tests)
@@ -105,9 +64,9 @@ class PixelBudget:
         self.held += n
         self.peak = max(self.peak, self.held)
 
-    async def acquire(self, pixels: int) -> int:
-        """Wait for `pixels` (clamped to 1..capacity) to fit; returns what to `release`."""
-        n = max(1, min(int(pixels), self.capacity))
+    async def acquire(self, amount: int) -> int:
+        """Wait for `amount` (clamped to 1..capacity) to fit; returns what to `release`."""
+        n = max(1, min(int(amount), self.capacity))
         if not self._waiters and self.held + n <= self.capacity:
             self._grant(n)
             return n

@@ -7,14 +7,16 @@ observation blocks (see `tools.render`), never as instructions.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field
 
-ToolName = Literal["search", "image_search", "browse", "knowledge_base"]
+ToolName = str
+"""A name in tools.registry.TOOLS (the one table of tools: a new tool is not listed here)."""
 # What an observation reports: one of the tools, or "unknown" when a model called a tool that
 # does not exist (`Toolkit.call` answers that with a failed observation, not an exception).
-ObservedTool = ToolName | Literal["unknown"]
+ObservedTool = str
 
 
 class SearchHit(BaseModel):
@@ -73,14 +75,24 @@ class Observation(BaseModel):
 
 
 class ImageRegistry:
-    """Hands out IMG_### ids that stay stable within one run.
+    """Hands out IMG_### ids that stay stable within one run, in CALL order.
 
-    The same image (by sha256) found by two queries keeps its first id. The graph rebuilds the
-    registry from state on resume (`from_ids`) so numbering continues where it stopped.
+    The same image (by sha256) found by two queries keeps its first id. Concurrent tool calls
+    finish in any order (downloads, cache reads), so ids are not assigned when a call finishes
+    but in the order the calls were made: a call takes a ticket when it starts (`reserve`, no
+    await before it), waits for its turn (`wait_turn`) once its images are known, assigns them
+    in rank order, and hands the turn on (`release`, always, even when it failed or was
+    cancelled). A replayed run therefore gets the recorded ids whatever the timing. The graph
+    rebuilds the registry from state on resume (`from_ids`) so numbering continues where it
+    stopped.
     """
 
     def __init__(self) -> None:
         self._by_sha: dict[str, str] = {}
+        self._next_ticket = 0
+        self._turn = 0
+        self._released: set[int] = set()
+        self._waiters: dict[int, asyncio.Future[None]] = {}
 
     @classmethod
     def from_ids(cls, ids: dict[str, str]) -> ImageRegistry:
@@ -97,3 +109,33 @@ class ImageRegistry:
 
     def ids(self) -> dict[str, str]:
         return {img_id: sha for sha, img_id in self._by_sha.items()}
+
+    # --- call-order assignment -------------------------------------------------------------
+
+    def reserve(self) -> int:
+        """A place in line for one tool call; take it before the call's first await."""
+        ticket = self._next_ticket
+        self._next_ticket += 1
+        return ticket
+
+    async def wait_turn(self, ticket: int) -> None:
+        """Until every earlier ticket has been released. Earlier calls end within their own
+        timeout, so this wait is bounded by theirs."""
+        if ticket <= self._turn:
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters[ticket] = fut
+        try:
+            await fut
+        finally:
+            self._waiters.pop(ticket, None)
+
+    def release(self, ticket: int) -> None:
+        """This call is done assigning (or failed): the next ticket's turn may come."""
+        self._released.add(ticket)
+        while self._turn in self._released:
+            self._released.discard(self._turn)
+            self._turn += 1
+        waiter = self._waiters.get(self._turn)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)

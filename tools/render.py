@@ -13,6 +13,7 @@ never cut off.
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from collections.abc import Iterable
@@ -37,7 +38,93 @@ _BRACKET_TOKEN_RE = re.compile(
     r"\[\s*(/?\s*(?:(?-i:[A-Z][A-Z0-9_]{1,40})|tool[\s_]*(?:error|response|call)s?|inst|sys))\s*\]",
     re.I,
 )
-_MARKER_RE = re.compile(r"={3,}")  # the header and footer are fenced with "==="
+# Characters that draw a fence like the header's "===": ASCII and box-drawing doubles and
+# heavies, equivalence and other look-alikes (NFKC already folds fullwidth/small/sub/super "=").
+_FENCE_CHARS = "=\u2550\u2501\u2261\u2263\u2a75\u2a76\u2a77\ua78a\u1400\u30a0\u268c\u2630"
+# A run of two or more, spaced or not ("===", "= = =", "==", "═══", "≡≡≡"), becomes one "=".
+_FENCE_RUN_RE = re.compile(f"[{_FENCE_CHARS}](?:[ \t]*[{_FENCE_CHARS}])+")
+DELIMITER_REMOVED = "⟦delimiter removed⟧"
+
+# Letters that look like Latin ones (Cyrillic, Greek, Armenian, digits) for fence matching only:
+# the text itself keeps them, but a fence spelled with them is still found.
+_CONFUSABLE = str.maketrans(
+    {
+        **dict.fromkeys("аαа", "a"),
+        **dict.fromkeys("вβ", "b"),
+        **dict.fromkeys("сϲ", "c"),
+        **dict.fromkeys("ԁ", "d"),
+        **dict.fromkeys("еεё3", "e"),
+        **dict.fromkeys("һн", "h"),
+        **dict.fromkeys("іιї!", "i"),
+        **dict.fromkeys("ј", "j"),
+        **dict.fromkeys("кκ", "k"),
+        **dict.fromkeys("ӏ1|ǀ", "l"),
+        **dict.fromkeys("м", "m"),
+        **dict.fromkeys("ηп", "n"),
+        **dict.fromkeys("оο0օ", "o"),
+        **dict.fromkeys("рρ", "p"),
+        **dict.fromkeys("ԛ", "q"),
+        **dict.fromkeys("ѕ5$", "s"),
+        **dict.fromkeys("тτ7", "t"),
+        **dict.fromkeys("υս", "u"),
+        **dict.fromkeys("νѵ", "v"),
+        **dict.fromkeys("ԝω", "w"),
+        **dict.fromkeys("хχ", "x"),
+        **dict.fromkeys("уγ", "y"),
+    }
+)
+_PROTECTED: list[str] = ["TOOL OBSERVATIONS"]  # the header's and footer's words
+
+
+def protect_fence(*fences: str) -> None:
+    """Register delimiters of a prompt layout (a profile's result separator, a chat template's
+    turn marker) that no web string may forge: every later `untrusted()` call neutralises them,
+    whatever path renders the string. `untrusted(..., fences=...)` does the same for one call.
+
+    A fence with at least three letters or digits ("--- search result for", "END OF TOOL
+    OBSERVATIONS") is matched on those letters, case-, spacing-, punctuation- and look-alike-
+    insensitively, and replaced by `DELIMITER_REMOVED`; a fence of symbols ("-----", "###")
+    has its runs collapsed to one character."""
+    for fence in fences:
+        if fence and fence not in _PROTECTED:
+            _PROTECTED.append(fence)
+
+
+def _shadow(text: str) -> str:
+    """`text` folded for fence matching, one character for one (indices stay aligned)."""
+    out = []
+    for ch in text:
+        low = ch.lower()
+        out.append(low if len(low) == 1 else ch)
+    return "".join(out).translate(_CONFUSABLE)
+
+
+@functools.lru_cache(maxsize=256)
+def _fence_pattern(fence: str) -> tuple[re.Pattern[str], str]:
+    """(pattern, kind): 'words' patterns run on the shadow, 'symbols' on the text itself."""
+    folded = _shadow(unicodedata.normalize("NFKC", fence))
+    key = [c for c in folded if c.isalnum()]
+    if len(key) >= 3:
+        gap = r"[^0-9a-z]{0,8}"
+        return re.compile(gap.join(re.escape(c) for c in key)), "words"
+    symbols = sorted({c for c in folded if not c.isspace() and not c.isalnum()})
+    if not symbols:
+        return re.compile(r"(?!x)x"), "symbols"
+    cls = "".join(re.escape(c) for c in symbols)
+    return re.compile(f"[{cls}](?:[ \t]*[{cls}])+"), "symbols"
+
+
+def _neutralise_fences(flat: str, extra: Iterable[str]) -> str:
+    flat = _FENCE_RUN_RE.sub("=", flat)
+    for fence in [*_PROTECTED, *extra]:
+        pattern, kind = _fence_pattern(fence)
+        if kind == "symbols":
+            flat = pattern.sub(lambda m: m.group(0)[0], flat)
+            continue
+        spans = [m.span() for m in pattern.finditer(_shadow(flat))]
+        for start, end in reversed(spans):
+            flat = flat[:start] + DELIMITER_REMOVED + flat[end:]
+    return flat
 
 
 def _drop_invisible(text: str) -> str:
@@ -50,21 +137,25 @@ def _drop_invisible(text: str) -> str:
     )
 
 
-def untrusted(text: object, limit: int | None = None) -> str:
+def untrusted(text: object, limit: int | None = None, *, fences: Iterable[str] = ()) -> str:
     """A web-derived string made safe to place inside an untrusted-data block.
 
     Folded with NFKC (fullwidth `＜`, small `﹤` and other compatibility look-alikes become the
     characters they imitate), stripped of invisible characters, whitespace runs (newlines
     included) folded to one space; then `<`/`>` become `‹`/`›` (no tag, chat-template token or
-    block delimiter survives), bracketed control tokens such as `[INST]` become `⟦INST⟧`,
-    and `===` fences shrink so the outer header/footer cannot be forged. Cut to `limit`
-    characters if given. Use it for EVERY string that came from the web or a document.
+    block delimiter survives), bracketed control tokens such as `[INST]` become `⟦INST⟧`;
+    fence runs of `=` or its look-alikes (`===`, `= = =`, `==`, box-drawing `═══`) shrink to
+    one `=`, and the words of every protected delimiter (the header/footer's "TOOL
+    OBSERVATIONS", whatever `protect_fence` registered, and `fences`) are replaced by
+    `DELIMITER_REMOVED` however they are spaced, cased or spelled with look-alike letters. Cut
+    to `limit` characters if given. Idempotent. Use it for EVERY string that came from the web
+    or a document, tool error texts included (they quote headers and URLs).
     """
     flat = unicodedata.normalize("NFKC", str(text))
     flat = " ".join(_drop_invisible(flat).split())
     flat = flat.replace("<", "‹").replace(">", "›")
     flat = _BRACKET_TOKEN_RE.sub(lambda m: f"⟦{' '.join(m.group(1).split())}⟧", flat)
-    flat = _MARKER_RE.sub("==", flat)
+    flat = _neutralise_fences(flat, fences)
     if limit is not None and len(flat) > limit:
         flat = flat[: max(0, limit - 1)].rstrip() + "…"
     return flat

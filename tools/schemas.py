@@ -4,9 +4,8 @@ and for the parsing of what it sends back.
 Names and shapes follow Gen-Searcher's tools (`search{queries, top_k}`,
 `image_search{query, top_k}`, `browse{url, query}`), so a policy trained on them drives
 Groundwork unchanged; `knowledge_base{query, top_k}` is the one addition (the user's local
-corpus). `tool_specs(names)` renders the models as OpenAI `tools` entries;
-`parse_arguments(name, arguments)` validates a call against the same models (the toolkit's
-`Toolkit.call` runs it and turns every refusal into a failed Observation).
+corpus). tools/registry.py pairs each model with its tool (`TOOLS`) and generates the OpenAI
+`tools` entries (`tool_specs`) and the parser of a model's call (`parse_arguments`) from them.
 
 Parsing forgives what small models commonly get wrong without changing the meaning: a JSON
 string instead of an object, a bare string for `queries`, `query` for `queries`, more than 8
@@ -16,15 +15,11 @@ wrong, an empty string included, is a `ToolCallError` naming the field.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from core.errors import GroundworkError
-
-GEN_SEARCHER_TOOLS = ("search", "image_search", "browse")
-ALL_TOOLS = (*GEN_SEARCHER_TOOLS, "knowledge_base")
 
 
 class ToolCallError(GroundworkError, ValueError):
@@ -124,79 +119,11 @@ class KnowledgeBaseArgs(_Args):
     top_k: int = Field(default=5, ge=1, le=20, description="Results to return.")
 
 
-ToolArgs = SearchArgs | ImageSearchArgs | BrowseArgs | KnowledgeBaseArgs
-
-ARG_MODELS: dict[str, type[_Args]] = {
-    "search": SearchArgs,
-    "image_search": ImageSearchArgs,
-    "browse": BrowseArgs,
-    "knowledge_base": KnowledgeBaseArgs,
-}
-
-
-def _strip_titles(schema: dict[str, Any]) -> dict[str, Any]:
+def strip_titles(schema: dict[str, Any]) -> dict[str, Any]:
     """pydantic titles every model and field; OpenAI tool schemas carry descriptions only."""
     out = {k: v for k, v in schema.items() if k != "title"}
     if isinstance(out.get("properties"), dict):
-        out["properties"] = {k: _strip_titles(v) for k, v in out["properties"].items()}
+        out["properties"] = {k: strip_titles(v) for k, v in out["properties"].items()}
     if isinstance(out.get("items"), dict):
-        out["items"] = _strip_titles(out["items"])
+        out["items"] = strip_titles(out["items"])
     return out
-
-
-def tool_spec(name: str) -> dict[str, Any]:
-    """One tool in OpenAI's `tools` format, generated from its argument model."""
-    model = ARG_MODELS.get(name)
-    if model is None:
-        raise ToolCallError(f"unknown tool {name!r}; known: {', '.join(ARG_MODELS)}")
-    parameters = _strip_titles(model.model_json_schema())
-    parameters.pop("description", None)
-    parameters.pop("additionalProperties", None)
-    description = " ".join((model.__doc__ or "").split())
-    return {
-        "type": "function",
-        "function": {"name": name, "description": description, "parameters": parameters},
-    }
-
-
-def tool_specs(names: list[str] | tuple[str, ...] = ALL_TOOLS) -> list[dict[str, Any]]:
-    """The named tools (in that order) in OpenAI's `tools` format: `GEN_SEARCHER_TOOLS` for a
-    policy trained on Gen-Searcher, `ALL_TOOLS` to add the local knowledge base."""
-    return [tool_spec(n) for n in names]
-
-
-def parse_arguments(name: str, arguments: str | dict[str, Any] | None) -> ToolArgs:
-    """Validate one tool call against its argument model; ToolCallError says what is wrong."""
-    model = ARG_MODELS.get(name) if isinstance(name, str) else None
-    if model is None:
-        raise ToolCallError(f"unknown tool {str(name)[:80]!r}; known: {', '.join(ARG_MODELS)}")
-    if arguments is None or (isinstance(arguments, str) and not arguments.strip()):
-        arguments = {}
-    if isinstance(arguments, str):
-        try:
-            arguments = json.loads(arguments)
-        except (ValueError, RecursionError) as exc:
-            raise ToolCallError(f"arguments of {name} are not JSON: {exc}") from exc
-    if not isinstance(arguments, dict):
-        raise ToolCallError(
-            f"arguments of {name} must be a JSON object, got {type(arguments).__name__}"
-        )
-    try:
-        args = model.model_validate(arguments)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'arguments'}: {e['msg']}"
-            for e in exc.errors()[:5]
-        )
-        raise ToolCallError(f"bad arguments for {name}: {problems}") from exc
-    assert isinstance(args, SearchArgs | ImageSearchArgs | BrowseArgs | KnowledgeBaseArgs)
-    return args
-
-
-# Kept for callers of the first API: the same schemas, generated.
-TOOL_SCHEMAS: list[dict[str, Any]] = tool_specs(ALL_TOOLS)
-GEN_SEARCHER_SCHEMAS: list[dict[str, Any]] = tool_specs(GEN_SEARCHER_TOOLS)
-
-
-def tool_schemas(*, include_knowledge_base: bool = True) -> list[dict[str, Any]]:
-    return tool_specs(ALL_TOOLS if include_knowledge_base else GEN_SEARCHER_TOOLS)

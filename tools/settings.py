@@ -24,12 +24,13 @@ class ToolSettings(BaseModel):
     max_images_per_query: int = Field(default=4, ge=0, le=50, description="Images kept per query.")
     max_image_bytes: int = Field(default=15_000_000, gt=0, description="Per-download byte cap.")
     max_image_pixels: int = Field(default=40_000_000, gt=0, description="Decompression-bomb cap.")
-    max_decoded_pixels: int = Field(
-        default=120_000_000,
+    max_decoded_mb: int = Field(
+        default=768,
         gt=0,
-        description="Full-resolution decoded pixels held at once by ALL image decodes of a "
-        "toolkit together (concurrent image searches share it); an image larger than this is "
-        "decoded alone. About 3 bytes of memory per pixel while decoding.",
+        description="Memory (MB) that ALL image decodes of a toolkit may hold at once "
+        "(concurrent image searches share it), counted per format from each header before "
+        "decoding (WebP ~20 bytes per pixel, PNG/JPEG 5-8, see retrieval.safe_image); an image "
+        "that alone would need more is refused, not decoded.",
     )
     work_image_px: int = Field(
         default=512,
@@ -92,6 +93,31 @@ class ToolSettings(BaseModel):
     # --- browse ----------------------------------------------------------------------------
     passage_chars: int = Field(
         default=700, ge=100, le=5000, description="Target size of one browse passage."
+    )
+    extract_timeout_s: float = Field(
+        default=8.0,
+        gt=0,
+        description="Longest one page may take to read (extract, chunk, rank) in its worker "
+        "process; the worker is killed past it, so the work really stops.",
+    )
+    extract_workers: int = Field(
+        default=2,
+        ge=1,
+        le=32,
+        description="Page-reading worker processes, shared by every toolkit of the process; "
+        "one run holds at most half of them at once (fairness between runs).",
+    )
+    extract_memory_mb: int = Field(
+        default=2048, ge=256, description="Address-space cap of one page-reading worker."
+    )
+    extract_max_elements: int = Field(
+        default=25_000,
+        ge=100,
+        description="HTML elements of a page that are read (document order); the rest is cut "
+        "before extraction, which costs ~40 us per element.",
+    )
+    extract_max_text_chars: int = Field(
+        default=400_000, ge=1_000, description="Extracted text chunked and ranked per page."
     )
     # --- caching ---------------------------------------------------------------------------
     cache_enabled: bool = Field(default=True, description="Cache tool results.")

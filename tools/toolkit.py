@@ -8,14 +8,15 @@ with jittered exponential backoff, bounded in attempts and by that same deadline
 machine fails fast (no retries) with an error saying so. Successful results are cached (see
 `tools.cache`). Image ids (`IMG_###`) come from the run's `ImageRegistry`, for web and local
 images alike, so an id names one image for the whole run. Decoded pixels held at once are
-bounded toolkit-wide (`max_decoded_pixels`), however many image searches run concurrently.
+bounded toolkit-wide (`max_decoded_mb`, counted in bytes per format before decoding), however
+many image searches run concurrently; every decode goes through `retrieval.safe_image`, so a
+bomb, a truncated file or an unknown format fails that one image, never the call.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -25,17 +26,26 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_before_delay,
+    wait_random_exponential,
+)
+
 from core.errors import GroundworkError
 from tools.cache import CacheError, ToolCache, cache_key, make_cache
-from tools.extract import chunk_blocks, extract_main_text, rank_passages, text_to_blocks
-from tools.fetch import FetchError, SafeFetcher, validate_url
+from tools.extract import PageLimits
+from tools.extract_pool import ExtractError, ExtractPool, current_tenant, shared_pool
+from tools.fetch import Fetcher, FetchError, SafeFetcher, validate_url
 from tools.images import (
+    WEB_FORMATS,
+    DecodeBudget,
     DecodedImage,
     Fingerprint,
-    ImageRejected,
-    PixelBudget,
-    decode_reduced,
-    probe_size,
+    decode_image,
+    probe_image,
     thumbnail,
 )
 from tools.observations import (
@@ -47,15 +57,9 @@ from tools.observations import (
     ToolName,
 )
 from tools.providers import ImageCandidate, ProviderError, SearchProvider, make_provider
+from tools.registry import get_tool, parse_arguments
 from tools.render import untrusted
-from tools.schemas import (
-    BrowseArgs,
-    ImageSearchArgs,
-    KnowledgeBaseArgs,
-    SearchArgs,
-    ToolCallError,
-    parse_arguments,
-)
+from tools.schemas import ToolCallError
 from tools.settings import ToolSettings
 
 if TYPE_CHECKING:
@@ -68,11 +72,25 @@ T = TypeVar("T")
 
 DISABLED = "web search disabled/unavailable"
 _MAX_NOTES = 12
+_OFFLINE_MEMORY_S = 30.0
+_MAX_NOTE_CHARS = 400
+_MAX_ERROR_CHARS = 600
 _SHA_RE = re.compile(r"[0-9a-f]{64}")
 
 
 class _ToolFailure(GroundworkError):
     """Internal: ends a tool call with ok=False and this message."""
+
+
+class ReplayMiss(GroundworkError):
+    """Replay mode (`Toolkit(replay=True)`): a tool call whose answer was not recorded. Raised
+    out of the tool call, never turned into a failed observation: a replay that quietly
+    answered differently from the recording would not be a replay."""
+
+
+ProviderFactory = Callable[[str], SearchProvider]
+"""`Toolkit(provider_factory=...)`: given a provider name from the settings ('ddgs',
+'searxng'), the provider object to use (a recorder, a replayer, a stub)."""
 
 
 @dataclass
@@ -92,16 +110,36 @@ class Toolkit:
         *,
         retrieval: RetrievalSettings | None = None,
         cache: ToolCache | None = None,
+        extract_pool: ExtractPool | None = None,
+        provider_factory: ProviderFactory | None = None,
+        fetcher: Fetcher | None = None,
+        replay: bool = False,
     ) -> None:
         """`cache=None` builds the cache from settings (disk, or Redis when configured;
-        nothing when `cache_enabled` is false)."""
+        nothing when `cache_enabled` is false). `extract_pool=None` reads pages in the
+        process's shared, fair worker pool (`tools.extract_pool.shared_pool`).
+
+        The public hooks for recording and replaying research (evals' snapshots):
+        - `provider_factory(name)` supplies the search provider for a configured provider name
+          instead of `tools.providers.make_provider` (the name stays what the settings say,
+          because it is part of the cache keys);
+        - `fetcher` replaces the `SafeFetcher` for every download (images, pages);
+        - `replay=True` answers only from `cache`: a call whose answer is not in it raises
+          `ReplayMiss` instead of reaching a provider or the web (needs a `cache`).
+        """
         self.settings = settings
         self.store = store
         self.retrieval = retrieval
         self.cache = cache if cache is not None else make_cache(settings)
-        self.fetcher = SafeFetcher(settings)
-        # Full-resolution decodes in memory at once, summed over every concurrent image call.
-        self.pixels = PixelBudget(settings.max_decoded_pixels)
+        if replay and cache is None:
+            raise ValueError("Toolkit(replay=True) needs the recorded cache (cache=...)")
+        self.replay = replay
+        self._offline_until = 0.0  # a provider said offline: skip providers until then
+        self._offline_stated_until = 0.0
+        self._provider_factory = provider_factory
+        self.fetcher: Fetcher = fetcher if fetcher is not None else SafeFetcher(settings)
+        # Decoded bytes in memory at once, summed over every concurrent image call.
+        self.decode_budget = DecodeBudget(settings.max_decoded_mb * 1_000_000)
         # Blocking provider calls and CPU work (decode, hashing, PNG encoding, CLIP) get separate
         # pools, so engines stuck until their timeout cannot starve image verification.
         self._executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="gw-tools-io")
@@ -113,6 +151,7 @@ class Toolkit:
         self._ranker_error: str | None = None
         self._ranker_lock = asyncio.Lock()
         self._kb_lock = asyncio.Lock()
+        self._extract_pool = extract_pool
 
     # --- plumbing -------------------------------------------------------------------------
 
@@ -121,6 +160,9 @@ class Toolkit:
 
     def _provider(self, which: str) -> SearchProvider:
         name = self.settings.text_provider if which == "text" else self.settings.image_provider
+        if time.monotonic() < self._offline_until:
+            # The provider said offline moments ago: fail now instead of a DNS stall per call.
+            raise _ToolFailure(self._offline_message(""))
         if name == "none":
             raise _ToolFailure(
                 f"{DISABLED}: tools.{which if which == 'text' else 'image'}_provider is 'none' "
@@ -128,30 +170,57 @@ class Toolkit:
             )
         if name not in self._providers:
             try:
-                self._providers[name] = make_provider(name, self.settings, executor=self._executor)
+                if self._provider_factory is not None:
+                    self._providers[name] = self._provider_factory(name)
+                else:
+                    self._providers[name] = make_provider(
+                        name, self.settings, executor=self._executor
+                    )
             except ProviderError as exc:
                 raise _ToolFailure(f"{DISABLED}: {exc}") from exc
         return self._providers[name]
 
     async def _retry(self, what: str, call: Callable[[], Awaitable[T]], deadline: float) -> T:
-        """Jittered exponential backoff on retriable provider errors, within `deadline`."""
+        """Jittered exponential backoff on retriable provider errors (tenacity: full jitter,
+        uniform(0, min(retry_max_s, retry_base_s * 2**n))), bounded in attempts and by
+        `deadline`; an offline provider fails at once, with the run's one offline statement."""
         s = self.settings
-        for attempt in range(1, s.retry_attempts + 1):
-            try:
-                return await call()
-            except ProviderError as exc:
-                if exc.offline:
-                    raise _ToolFailure(f"{DISABLED}: {exc}") from exc
-                delay = random.uniform(0, min(s.retry_max_s, s.retry_base_s * 2 ** (attempt - 1)))
-                if not exc.retriable or attempt == s.retry_attempts:
-                    raise _ToolFailure(f"{what}: {exc} (after {attempt} attempt(s))") from exc
-                if time.monotonic() + delay >= deadline:
-                    raise _ToolFailure(
-                        f"{what}: {exc} (gave up after {attempt} attempt(s): time budget)"
-                    ) from exc
-                log.info("%s failed (%s); retry %d in %.2fs", what, exc, attempt, delay)
-                await asyncio.sleep(delay)
+        attempts = 0
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(s.retry_attempts)
+            | stop_before_delay(max(0.0, deadline - time.monotonic())),
+            wait=wait_random_exponential(multiplier=s.retry_base_s, max=s.retry_max_s),
+            retry=retry_if_exception(lambda e: isinstance(e, ProviderError) and e.retriable),
+            before_sleep=lambda rs: log.info(
+                "%s failed (%s); retry %d", what, rs.outcome and rs.outcome.exception(), attempts
+            ),
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    attempts = attempt.retry_state.attempt_number
+                    return await call()
+        except ProviderError as exc:
+            if exc.offline:
+                self._offline_until = time.monotonic() + _OFFLINE_MEMORY_S
+                raise _ToolFailure(self._offline_message(str(exc))) from exc
+            if exc.retriable and attempts < s.retry_attempts:
+                raise _ToolFailure(
+                    f"{what}: {exc} (gave up after {attempts} attempt(s): time budget)"
+                ) from exc
+            raise _ToolFailure(f"{what}: {exc} (after {attempts} attempt(s))") from exc
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _offline_message(self, detail: str) -> str:
+        """Offline is stated once (per toolkit, every `_OFFLINE_MEMORY_S`): the first failure
+        says why in one line, later ones are short. A run's tool failures stay per item."""
+        now = time.monotonic()
+        if now < self._offline_stated_until:
+            return f"{DISABLED}: offline (see the first offline error)"
+        self._offline_stated_until = now + _OFFLINE_MEMORY_S
+        first_line = " ".join(detail.split())[:200]
+        return f"{DISABLED}: offline, the web is unreachable ({first_line})"
 
     async def _cache_get(self, tool: ToolName, key: str, notes: list[str]) -> Observation | None:
         """A cached success of this tool, else None: an entry that does not validate (poisoned,
@@ -207,18 +276,33 @@ class Toolkit:
                         hit.cached = True
                         hit.elapsed_s = time.monotonic() - start
                         return hit
+                    if self.replay:
+                        raise ReplayMiss(
+                            f"replay: {tool} {untrusted(query, 200)!r} was not recorded (or its "
+                            "images are missing); record the suite again to include it"
+                        )
                 obs = await body(deadline, notes)
         except TimeoutError:
             obs = Observation.failure(
                 tool, query, f"{tool} timed out after {self.settings.timeout_s:g}s"
             )
         except FetchError as exc:
-            prefix = f"{DISABLED}: " if exc.kind == "offline" else ""
-            obs = Observation.failure(tool, query, f"{prefix}{exc}")
+            if exc.kind == "offline":
+                obs = Observation.failure(tool, query, self._offline_message(str(exc)))
+            else:
+                obs = Observation.failure(tool, query, str(exc))
+        except ReplayMiss:
+            raise
         except GroundworkError as exc:  # _ToolFailure, and any refusal of ours on the way
             obs = Observation.failure(tool, query, str(exc))
         obs.elapsed_s = time.monotonic() - start
-        obs.notes = [*notes, *obs.notes][:_MAX_NOTES]
+        # Error texts and notes quote what servers sent (Content-Type, Content-Encoding, a
+        # redirect's Location, page titles): they go through the same `untrusted()` as web text,
+        # here at the source, so no consumer (react's error path, traces, SFT exports) can show
+        # them raw. Idempotent, so renderers may apply it again.
+        if obs.error is not None:
+            obs.error = untrusted(obs.error, _MAX_ERROR_CHARS)
+        obs.notes = [untrusted(n, _MAX_NOTE_CHARS) for n in [*notes, *obs.notes][:_MAX_NOTES]]
         if key is not None and obs.ok:
             await self._cache_set(key, obs)
         return obs
@@ -254,16 +338,15 @@ class Toolkit:
         from `registry`, the run's."""
         k = top_k or self.settings.max_images_per_query
         ranker_name = (self.retrieval.clip_model if self.retrieval else None) or "none"
+        ticket = registry.reserve()  # call order, before any await (see ImageRegistry)
 
         def from_cache(obs: Observation) -> Observation | None:
-            items = []
             for item in obs.items:
                 if not isinstance(item, ImageHit) or not self._stored(item.sha256):
                     return None  # the store was cleaned (or the entry lies): fetch again
                 if item.thumbnail_sha256 and not self._stored(item.thumbnail_sha256):
                     return None
-                items.append(item.model_copy(update={"img_id": registry.assign(item.sha256)}))
-            return obs.model_copy(update={"items": items})
+            return obs
 
         async def body(deadline: float, notes: list[str]) -> Observation:
             if not query.strip():
@@ -275,7 +358,7 @@ class Toolkit:
                 lambda: provider.images(query, want),
                 deadline,
             )
-            items = await self._collect_images(query, candidates, k, registry, notes, deadline)
+            items = await self._collect_images(query, candidates, k, notes, deadline)
             if candidates and not items:
                 raise _ToolFailure(
                     f"all {len(candidates)} image results failed to download or verify: "
@@ -290,29 +373,49 @@ class Toolkit:
             )
 
         key = cache_key("image_search", query, k=k, p=self.settings.image_provider, r=ranker_name)
-        return await self._run("image_search", query, body, key=key, from_cache=from_cache)
+        try:
+            obs = await self._run("image_search", query, body, key=key, from_cache=from_cache)
+            return await self._assign_ids(obs, registry, ticket)
+        finally:
+            registry.release(ticket)
+
+    @staticmethod
+    async def _assign_ids(obs: Observation, registry: ImageRegistry, ticket: int) -> Observation:
+        """IMG_### ids for the call's images, in rank order, once every earlier call has
+        assigned its own: ids follow call order, never download or cache-read timing."""
+        await registry.wait_turn(ticket)
+        items = [
+            it.model_copy(update={"img_id": registry.assign(it.sha256)})
+            if isinstance(it, ImageHit)
+            else it
+            for it in obs.items
+        ]
+        return obs.model_copy(update={"items": items})
 
     def _stored(self, sha: str) -> bool:
         return bool(_SHA_RE.fullmatch(sha)) and self.store.exists(sha)
 
     async def _decode(self, data: bytes) -> DecodedImage:
-        """Fully decode `data` (the proof it is an image) under the toolkit's pixel budget and
+        """Fully decode `data` (the proof it is an image) under the toolkit's decode budget and
         keep a reduced copy; the full decode is freed before the budget is given back.
 
-        The size is read from the header first, so a bomb is refused without waiting for the
-        budget. If the caller is cancelled (deadline, abandoned download) while the decode
-        thread still runs, the budget is returned only when that thread is done with it.
+        The header is read first (`retrieval.safe_image.probe_image`): its pixel count and the
+        bytes the decode will take for that format are checked against the caps, so a bomb is
+        refused without waiting for the budget, and the budget is taken in bytes. If the caller
+        is cancelled (deadline, abandoned download) while the decode thread still runs, the
+        budget is returned only when that thread is done with it. Raises `ImageRejected` only.
         """
-        width, height = await self._in_thread(probe_size, data)
         cap = self.settings.max_image_pixels
-        if width * height > cap:
-            raise ImageRejected(
-                f"image declares {width}x{height} = {width * height} pixels, over the "
-                f"{cap}-pixel cap (decompression-bomb guard); not decoded"
-            )
+        budget = self.decode_budget.capacity
+        probe = await self._in_thread(
+            partial(probe_image, data, WEB_FORMATS, max_pixels=cap, max_bytes=budget)
+        )
         side = max(self.settings.work_image_px, self.settings.thumbnail_px)
-        n = await self.pixels.acquire(width * height)
-        fut = asyncio.get_running_loop().run_in_executor(self._cpu, decode_reduced, data, cap, side)
+        n = await self.decode_budget.acquire(probe.decoded_bytes)
+        decode = partial(
+            decode_image, data, WEB_FORMATS, max_pixels=cap, max_bytes=budget, max_side=side
+        )
+        fut = asyncio.get_running_loop().run_in_executor(self._cpu, decode)
         later = False
         try:
             return await asyncio.shield(fut)
@@ -323,12 +426,12 @@ class Toolkit:
             raise
         finally:
             if not later:
-                self.pixels.release(n)
+                self.decode_budget.release(n)
 
     def _release_after(self, n: int, fut: asyncio.Future[DecodedImage]) -> None:
         if not fut.cancelled():
             fut.exception()  # retrieved: nobody awaits it any more
-        self.pixels.release(n)
+        self.decode_budget.release(n)
 
     async def _download(self, cand: ImageCandidate) -> _Downloaded | str:
         """The image itself, else the provider's thumbnail of it (originals often refuse
@@ -352,7 +455,6 @@ class Toolkit:
         query: str,
         candidates: list[ImageCandidate],
         k: int,
-        registry: ImageRegistry,
         notes: list[str],
         deadline: float,
     ) -> list[ImageHit]:
@@ -405,7 +507,7 @@ class Toolkit:
                 continue
             hits.append(
                 ImageHit(
-                    img_id=registry.assign(sha),
+                    img_id="",  # assigned in call order by image_search (`_assign_ids`)
                     sha256=sha,
                     url=d.final_url,
                     source_url=d.candidate.source_url,
@@ -454,8 +556,10 @@ class Toolkit:
     # --- browse -----------------------------------------------------------------------------
 
     async def browse(self, url: str, query: str) -> Observation:
-        """Fetch one page and return its passages most relevant to `query`."""
+        """Fetch one page and return its passages most relevant to `query`; the page is read
+        (extracted, chunked, ranked) in a worker process killed at its time limit."""
         k = self.settings.top_k
+        s = self.settings
 
         async def body(deadline: float, notes: list[str]) -> Observation:
             validate_url(url)
@@ -465,23 +569,31 @@ class Toolkit:
             text = res.text()
             media = res.content_type.split(";")[0].strip().lower()
             is_html = "html" in media or "xml" in media or (not media and "<" in text[:2048])
-            if is_html:
-                page = await self._in_thread(extract_main_text, text)
-                blocks, title = page.blocks, page.title
-            else:
-                blocks, title = text_to_blocks(text), ""
-            passages = chunk_blocks(blocks, self.settings.passage_chars)
-            if not passages:
+            pool = self._extract_pool or shared_pool(s.extract_workers, s.extract_memory_mb)
+            try:
+                page = await pool.read(
+                    text,
+                    is_html=is_html,
+                    query=query,
+                    passage_chars=s.passage_chars,
+                    k=k,
+                    limits=PageLimits(
+                        max_chars=s.max_page_bytes,
+                        max_elements=s.extract_max_elements,
+                        max_text_chars=s.extract_max_text_chars,
+                    ),
+                    timeout_s=max(0.05, min(s.extract_timeout_s, deadline - time.monotonic())),
+                    tenant=current_tenant(f"toolkit-{id(self):x}"),
+                )
+            except ExtractError as exc:
+                raise _ToolFailure(f"{untrusted(res.final_url, 200)}: {exc}") from exc
+            notes.extend(page.notes)
+            if not page.passages:
                 raise _ToolFailure(f"{res.final_url}: no readable text on the page")
-            scores = rank_passages(query, passages, title)
-            order = sorted(range(len(passages)), key=lambda i: -scores[i])
-            if scores[order[0]] <= 0:
+            if not page.relevant:
                 notes.append("no passage mentions the query terms; showing the page's opening")
-                order = list(range(len(passages)))
-            items = [
-                Passage(text=passages[i], source=res.final_url, score=round(scores[i], 4))
-                for i in order[:k]
-            ]
+            title = page.title
+            items = [Passage(text=t, source=res.final_url, score=sc) for t, sc in page.passages]
             if title:
                 notes.append(f"page title: {title[:200]}")
             return Observation(
@@ -504,6 +616,7 @@ class Toolkit:
         CLIP model) answers with passages; why images were not searched goes to `notes`.
         """
         k = top_k or self.settings.top_k
+        ticket = registry.reserve()  # call order, before any await (see ImageRegistry)
 
         async def body(deadline: float, notes: list[str]) -> Observation:
             if not query.strip():
@@ -541,7 +654,7 @@ class Toolkit:
                 sha, thumb, w, hgt = stored
                 items.append(
                     ImageHit(
-                        img_id=registry.assign(sha),
+                        img_id="",  # assigned in call order (`_assign_ids`)
                         sha256=sha,
                         url=h.url or "",
                         source_url=h.path or h.source,
@@ -556,7 +669,11 @@ class Toolkit:
                 tool="knowledge_base", query=query, ok=True, items=items, provider="local"
             )
 
-        return await self._run("knowledge_base", query, body)
+        try:
+            obs = await self._run("knowledge_base", query, body)
+            return await self._assign_ids(obs, registry, ticket)
+        finally:
+            registry.release(ticket)
 
     async def _get_kb(self) -> KnowledgeBaseAPI:
         if self.retrieval is None:
@@ -619,28 +736,23 @@ class Toolkit:
         registry: ImageRegistry,
     ) -> Observation | list[Observation]:
         """Run one tool call as a model sent it (arguments as a dict or the JSON string the
-        API returns), validated by the same models that generate `tools.schemas.tool_specs`.
+        API returns), validated by the same models that generate `tools.registry.tool_specs`.
 
-        `search` answers with a list (one observation per query), the others with one
-        observation. Never raises for what the model sent: an unknown tool or bad arguments
-        come back as a failed observation whose error says what to fix.
+        The tool's `ToolSpec` (tools/registry.py) runs it: `search` answers with a list (one
+        observation per query), the others with one observation. Never raises for what the
+        model sent: an unknown tool or bad arguments come back as a failed observation whose
+        error says what to fix.
         """
         try:
-            args = parse_arguments(name, arguments)
+            spec = get_tool(name)
         except ToolCallError as exc:
-            tool = _TOOLS.get(name) if isinstance(name, str) else None
-            if tool is None:
-                return Observation.failure("unknown", untrusted(name, 80), str(exc))
-            failed = Observation.failure(tool, _raw_query(arguments), str(exc))
-            return [failed] if tool == "search" else failed
-        if isinstance(args, SearchArgs):
-            return await self.search(args.queries, _given_top_k(args))
-        if isinstance(args, ImageSearchArgs):
-            return await self.image_search(args.query, _given_top_k(args), registry=registry)
-        if isinstance(args, BrowseArgs):
-            return await self.browse(args.url, args.query)
-        assert isinstance(args, KnowledgeBaseArgs)
-        return await self.knowledge_base(args.query, _given_top_k(args), registry=registry)
+            return Observation.failure("unknown", untrusted(name, 80), str(exc))
+        try:
+            args = parse_arguments(spec.name, arguments)
+        except ToolCallError as exc:
+            failed = Observation.failure(spec.name, _raw_query(arguments), str(exc))
+            return [failed] if spec.answers_list else failed
+        return await spec.run(self, args, registry)
 
     async def aclose(self) -> None:
         await self.fetcher.aclose()
@@ -650,19 +762,6 @@ class Toolkit:
             await self.cache.aclose()
         self._executor.shutdown(wait=False, cancel_futures=True)
         self._cpu.shutdown(wait=False, cancel_futures=True)
-
-
-_TOOLS: dict[str, ToolName] = {
-    "search": "search",
-    "image_search": "image_search",
-    "browse": "browse",
-    "knowledge_base": "knowledge_base",
-}
-
-
-def _given_top_k(args: SearchArgs | ImageSearchArgs | KnowledgeBaseArgs) -> int | None:
-    """The model's top_k if it sent one; otherwise None, so the toolkit's settings decide."""
-    return args.top_k if "top_k" in args.model_fields_set else None
 
 
 def _raw_query(arguments: object) -> str:

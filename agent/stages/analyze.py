@@ -12,12 +12,11 @@ from __future__ import annotations
 from typing import Literal
 
 from langchain_core.messages import HumanMessage, SystemMessage
-from pydantic import BaseModel, Field, field_validator
 
-from agent.gaps import Candidate, find_candidates, fold, occurs_in
-from agent.llm import StructuredOutputError
+from agent.contracts import Gap, GapReport
+from agent.gaps import Candidate, find_candidates, fold, grounded_query, occurs_in
+from agent.llm import LLMError
 from agent.stage import Result, StageRun
-from agent.state import RunState
 
 SYSTEM = """\
 You find knowledge gaps in prompts for a text-to-image model.
@@ -31,44 +30,6 @@ At most {max_gaps} gaps. If the prompt needs no research, answer with an empty g
 Answer with a JSON object only."""
 
 USER = "Image prompt: {prompt}"
-
-GapKind = Literal["entity", "style", "scene", "composition", "text", "count"]
-
-
-class Gap(BaseModel):
-    kind: GapKind = Field(description="What sort of knowledge is missing.")
-    span: str = Field(description="The words of the prompt the gap is about.", max_length=200)
-    why: str = Field(
-        default="", description="Why an image model would get it wrong.", max_length=300
-    )
-    text_queries: list[str] = Field(
-        default_factory=list, max_length=3, description="Web text searches that would fill it."
-    )
-    image_queries: list[str] = Field(
-        default_factory=list, max_length=2, description="Image searches for visual references."
-    )
-    needs_reference: bool = Field(
-        default=False, description="True when the look matters and a reference image helps."
-    )
-    origin: Literal["llm", "rules", "llm+rules"] = Field(
-        default="llm", description="Who found it (set by Groundwork, not the model)."
-    )
-
-    @field_validator("text_queries", "image_queries", mode="after")
-    @classmethod
-    def _drop_blank_and_repeated(cls, queries: list[str]) -> list[str]:
-        """Small models emit "" or the same query twice; neither is worth a tool call."""
-        kept: list[str] = []
-        for q in (" ".join(q.split()) for q in queries):
-            if q and q.lower() not in {k.lower() for k in kept}:
-                kept.append(q)
-        return kept
-
-
-class GapReport(BaseModel):
-    """What the prompt names that an image model probably does not know."""
-
-    gaps: list[Gap] = Field(default_factory=list, max_length=6)
 
 
 def rule_gap(c: Candidate, prompt: str) -> Gap:
@@ -86,7 +47,10 @@ def rule_gap(c: Candidate, prompt: str) -> Gap:
 
 def _overlaps(span: str, candidate: Candidate) -> bool:
     a, b = fold(span), fold(candidate.span)
-    return bool(a and b) and (a in b or b in a or bool(set(a.split()) & set(b.split()) - _COMMON))
+    # Whole words only: "Japan" does not overlap "Japanese".
+    return bool(a and b) and (
+        occurs_in(a, b) or occurs_in(b, a) or bool(set(a.split()) & set(b.split()) - _COMMON)
+    )
 
 
 _COMMON = frozenset({"the", "a", "an", "of", "in", "on", "at", "and"})
@@ -102,7 +66,11 @@ def merge_gaps(
     from_llm: list[Gap] = []
     dropped_absent: list[str] = []
     dropped_gated: list[str] = []
+    blank = 0
     for gap in llm.gaps if llm else []:
+        if not gap.span.strip(" .,'\""):
+            blank += 1  # a weak model's empty gap: counted, not listed as ''
+            continue
         if not occurs_in(gap.span, prompt):
             dropped_absent.append(gap.span)
             continue
@@ -112,6 +80,10 @@ def merge_gaps(
             continue
         origin: Literal["llm", "llm+rules"] = "llm+rules" if matching else "llm"
         text_q, image_q = gap.text_queries, gap.image_queries
+        if trust == "gated":
+            # A weak model's queries are checked like its spans: about the span, plain words.
+            text_q = [q for q in text_q if grounded_query(q, gap.span, prompt)]
+            image_q = [q for q in image_q if grounded_query(q, gap.span, prompt)]
         if not text_q and not image_q and gap.kind != "text":
             context = matching[0] if matching else None
             text_q, image_q = context.queries(prompt) if context else ([gap.span], [gap.span])
@@ -129,6 +101,8 @@ def merge_gaps(
             "ignored gaps whose words are not in the prompt: "
             + ", ".join(repr(s) for s in dropped_absent)
         )
+    if blank:
+        notices.append(f"ignored {blank} LLM gap(s) with no words from the prompt")
     if dropped_gated:
         notices.append(
             "ignored LLM gaps that no rule confirms (agent.gap_trust=gated): "
@@ -150,11 +124,6 @@ def trust_level(run: StageRun) -> Literal["gated", "verbatim"]:
     return trust
 
 
-def route(state: RunState) -> Literal["research", "synthesize"]:
-    gaps = (state.get("gaps") or {}).get("gaps") or []
-    return "research" if gaps else "synthesize"
-
-
 async def analyze(run: StageRun) -> Result:
     prompt = run.state["prompt"]
     max_gaps = run.settings.agent.max_gaps
@@ -169,8 +138,9 @@ async def analyze(run: StageRun) -> Result:
                 HumanMessage(USER.format(prompt=prompt)),
             ],
         )
-    except StructuredOutputError as exc:
-        # The rules still find the basic gaps: a failed LLM costs quality, not the run.
+    except LLMError as exc:
+        # The rules still find the basic gaps: a failed LLM (invalid answers, a timeout, an
+        # HTTP 5xx, a reply cut at max_tokens) costs quality, not the run.
         llm_report = None
         notices.append(f"gap analysis by the LLM failed ({exc}); using rule-based gaps only")
     report, more = merge_gaps(prompt, llm_report, trust=trust_level(run), max_gaps=max_gaps)

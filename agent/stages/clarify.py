@@ -12,17 +12,14 @@ turn; never when `agent.ask_questions` is off (`groundwork run`, `chat --no-ques
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any
 
 from langchain_core.messages import HumanMessage, SystemMessage
 from langgraph.types import interrupt
 from pydantic import BaseModel, Field
 
 from agent.llm import LLMError
-from agent.settings import Settings
 from agent.stage import Result, StageRun
-from agent.stages.analyze import route as analyze_route
 from agent.state import RunState
 
 SYSTEM = """\
@@ -84,23 +81,27 @@ def asked_this_turn(state: RunState) -> bool:
     return (state.get("clarification") or {}).get("turn") == state.get("turn", 1)
 
 
-def router(
-    settings: Settings,
-) -> Callable[[RunState], Literal["clarify", "research", "synthesize"]]:
-    """The edge after analyze: to clarify when a question may be needed, else on as before."""
-
-    def route(state: RunState) -> Literal["clarify", "research", "synthesize"]:
-        if settings.agent.ask_questions and not asked_this_turn(state) and flags(state):
-            return "clarify"
-        return analyze_route(state)
-
-    return route
+def fallback_question(why: list[str]) -> str | None:
+    """The question to ask without a usable LLM wording: what only the user can know (their
+    own things), or which of a name's meanings they mean."""
+    for reason in why:
+        if reason.startswith("first-person"):
+            return (
+                "Research cannot see what is yours: what does it look like (kind, colours, "
+                "notable details)?"
+            )
+    for reason in why:
+        match = re.search(r"'([^']+)'", reason)
+        if match:
+            return f"Which {match.group(1)} do you mean (what should it look like)?"
+    return None
 
 
 async def clarify(run: StageRun) -> Result:
+    """Decide whether to ask; the record it writes is what the graph routes on (a question
+    without an answer goes to `ask`)."""
     state = run.state
     why = flags(state)
-    on = analyze_route(state)
     gaps = (state.get("gaps") or {}).get("gaps") or []
     try:
         decision = await run.structured(
@@ -119,24 +120,34 @@ async def clarify(run: StageRun) -> Result:
         )
     except LLMError as exc:
         # Without the LLM only the clearest case is asked: what only the user can know.
-        person = next((w for w in why if w.startswith("first-person")), None)
-        if person is None:
-            return Result({}, f"no question (the LLM failed: {exc})", goto=on)
-        decision = Clarification(
-            ask=True,
-            question="Research cannot see what is yours: what does it look like (kind, "
-            "colours, notable details)?",
-            why=person,
-        )
+        person = [w for w in why if w.startswith("first-person")]
+        if not person:
+            return Result({}, f"no question (the LLM failed: {exc})")
+        decision = Clarification(ask=True, question=fallback_question(person) or "", why=person[0])
     question = " ".join(decision.question.split())
+    if decision.ask and not question:
+        # A weak model says "ask" and leaves the question empty: ask the rule-made one.
+        question = fallback_question(why) or ""
     if not decision.ask or not question:
-        return Result({}, f"no question ({'; '.join(why)})", goto=on)
+        return Result({}, f"no question ({'; '.join(why)})")
     record = {"turn": state.get("turn", 1), "question": question, "answer": None, "why": why}
-    return Result({"clarification": record}, f"asking: {question[:80]}", goto="ask")
+    return Result({"clarification": record}, f"asking: {question[:80]}")
+
+
+def waiting_for_answer(state: RunState) -> bool:
+    """A question was asked this turn and has no answer yet."""
+    record = state.get("clarification") or {}
+    return asked_this_turn(state) and bool(record.get("question")) and record.get("answer") is None
+
+
+def answered(state: RunState) -> bool:
+    """This turn's question got a non-empty answer (analysis runs again with it)."""
+    return asked_this_turn(state) and bool((state.get("clarification") or {}).get("answer"))
 
 
 async def ask(run: StageRun) -> Result:
-    """Wait for the user's answer (a LangGraph interrupt), then analyse again with it."""
+    """Wait for the user's answer (a LangGraph interrupt); the graph then analyses again with
+    it, or goes on without one."""
     state = run.state
     record: dict[str, Any] = dict(state.get("clarification") or {})
     answer = " ".join(str(interrupt({"question": record.get("question", "")}) or "").split())
@@ -146,10 +157,7 @@ async def ask(run: StageRun) -> Result:
         return Result(
             {"clarification": record, "notices": ["no answer to the question; went on without"]},
             "no answer",
-            goto=analyze_route(state),
         )
     return Result(
-        {"clarification": record, "prompt": f"{prompt} ({answer})"},
-        f"answer: {answer[:80]}",
-        goto="analyze",
+        {"clarification": record, "prompt": f"{prompt} ({answer})"}, f"answer: {answer[:80]}"
     )

@@ -18,19 +18,19 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 from langchain_core.messages import HumanMessage, SystemMessage
-from pydantic import BaseModel, Field, StrictBool, create_model, model_validator
 
-from agent.llm import LLMError, image_data_url
-from agent.stage import Result, StageRun
-from agent.stages.refine import merge_instruction
-from agent.stages.synthesize import (
+from agent.checklist import write_checklist
+from agent.contracts import (
+    Box,
     GroundedPrompt,
     Requirement,
-    encoder,
-    fit_prompt,
+    Verdict,
     needs_checklist,
-    write_checklist,
+    verdict_schema,
 )
+from agent.llm import LLMError, image_data_url
+from agent.prompt_fit import encoder, fit_prompt, merge_instruction
+from agent.stage import Result, StageRun
 from agent.state import CritiqueRound
 from generators.base import GenerationResult
 
@@ -50,65 +50,6 @@ Facts the image must respect:
 Requirements ({n}; give {n} checks, in this order):
 {requirements}
 {refs}"""
-
-
-class Box(BaseModel):
-    x0: float = Field(ge=0.0, le=1.0)
-    y0: float = Field(ge=0.0, le=1.0)
-    x1: float = Field(ge=0.0, le=1.0)
-    y1: float = Field(ge=0.0, le=1.0)
-
-    @model_validator(mode="after")
-    def _ordered(self) -> Box:
-        if self.x1 <= self.x0 or self.y1 <= self.y0:
-            raise ValueError("a box needs x0 < x1 and y0 < y1")
-        return self
-
-    @property
-    def area(self) -> float:
-        return (self.x1 - self.x0) * (self.y1 - self.y0)
-
-
-class Check(BaseModel):
-    requirement: str = Field(default="", max_length=200)
-    # Strict: "yes", "probably" or 1 is not a clear answer, and an unclear answer must never
-    # be read as a pass.
-    passed: StrictBool
-    reason: str = Field(default="", max_length=300)
-    region: Box | None = None
-
-
-class Verdict(BaseModel):
-    """A VLM's check of an image, one entry per requirement."""
-
-    checks: list[Check] = Field(min_length=1, max_length=8)
-    score: float = Field(ge=0.0, le=1.0, description="0 = unrelated, 1 = perfect.")
-    edit_instruction: str = Field(default="", max_length=300)
-
-    @model_validator(mode="after")
-    def _consistent(self) -> Verdict:
-        if self.score >= 1.0 and not self.match:
-            raise ValueError("score 1 means every requirement passed, but some checks failed")
-        return self
-
-    @property
-    def match(self) -> bool:
-        return all(c.passed for c in self.checks)
-
-
-def verdict_schema(n: int) -> type[Verdict]:
-    """`Verdict` that must have exactly `n` checks: a verdict with a check missing or extra
-    cannot be lined up with the requirements, so it is invalid (and repaired), not guessed."""
-    model: type[Verdict] = create_model(
-        "Verdict",
-        __base__=Verdict,
-        __doc__=Verdict.__doc__,
-        checks=(
-            list[Check],
-            Field(min_length=n, max_length=n, description=f"Exactly {n}: one per requirement."),
-        ),
-    )
-    return model
 
 
 Action = Literal["finish", "inpaint", "img2img", "regenerate"]
@@ -163,7 +104,8 @@ def _messages(
         {
             "type": "text",
             "text": USER.format(
-                gen_prompt=grounded.gen_prompt,
+                # A repaired image was made from the repair prompt, not the grounded one.
+                gen_prompt=run.state.get("image_prompt") or grounded.gen_prompt,
                 facts="\n".join(f"- {f.claim}" for f in grounded.facts) or "(none)",
                 n=len(reqs),
                 requirements="\n".join(f"{i + 1}. [{r.kind}] {r.text}" for i, r in enumerate(reqs)),
@@ -202,9 +144,8 @@ async def critique(run: StageRun) -> Result:
             round=round_no, image=last, verdict=None, action="skipped", judge=judge
         )
         return Result(
-            {"rounds": [*rounds, skipped], "notices": [] if said else [reason]},
+            {"rounds": [*rounds, skipped], "notices": [] if said else [reason], "repair": None},
             "skipped (no vision model)",
-            goto="finish",
         )
     grounded = GroundedPrompt.model_validate(state["grounded"])
     update: dict[str, Any] = {}
@@ -236,7 +177,8 @@ async def critique(run: StageRun) -> Result:
         )
         update["rounds"] = [*rounds, this]
         update["notices"] = [*notices, f"the critic was unusable ({exc}); {kept}"]
-        return Result(update, f"round {round_no}: critic unusable", goto="finish")
+        update["repair"] = None
+        return Result(update, f"round {round_no}: critic unusable")
     # Line the checks up with the requirements by position: the echo may be paraphrased.
     for check, req in zip(verdict.checks, reqs, strict=True):
         check.requirement = req.text
@@ -300,10 +242,9 @@ async def critique(run: StageRun) -> Result:
     )
     update["rounds"] = [*rounds, this_round]
     update["notices"] = notices
-    if stop:
-        return Result(update, summary, goto="finish")
-    update["repair"] = repair
-    return Result(update, summary, goto="generate")
+    # The graph routes on this: a repair to make goes back to generate, None finishes.
+    update["repair"] = None if stop else repair
+    return Result(update, summary)
 
 
 def _mask(run: StageRun, box: dict[str, float], image: GenerationResult) -> str:

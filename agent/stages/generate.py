@@ -15,9 +15,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from agent.contracts import GroundedPrompt
+from agent.prompt_fit import Encoder, encoder, fit_prompt
 from agent.stage import Result, StageRun
-from agent.stages.judge import judge_method
-from agent.stages.synthesize import Encoder, GroundedPrompt, encoder, fit_prompt
 from generators.base import GenerationRequest, GenerationResult, generate_many
 
 
@@ -107,7 +107,7 @@ async def generate(run: StageRun) -> Result:
 
     generator = run.services.generator()
     n = run.settings.agent.candidates if request.mode == "text2img" else 1
-    if n > 1 and judge_method(run) is None:
+    if n > 1 and run.services.judge_method(run.settings) is None:
         text = (
             f"best-of-{n} skipped: no judge (set a vision model, "
             "GROUNDWORK_LLM__CRITIQUE_MODEL, or a CLIP model, GROUNDWORK_RETRIEVAL__CLIP_MODEL)"
@@ -128,6 +128,7 @@ async def generate(run: StageRun) -> Result:
     update.update(
         {
             "last_image": image,
+            "image_prompt": request.prompt,
             "round": round_no,
             "repair": None,
             "candidates": [c.model_dump(mode="json") for c in candidates],

@@ -3,11 +3,13 @@ to the current one (chat)."""
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from langchain_core.messages import HumanMessage, SystemMessage
 from pydantic import BaseModel, Field
 
+from agent.llm import LLMError
 from agent.stage import Result, StageRun
 from core.errors import InputError
 
@@ -54,9 +56,25 @@ def validate_prompt(text: str | None, max_chars: int) -> str:
     return prompt
 
 
-def route(state: dict[str, Any]) -> Literal["refine", "start"]:
-    """Policies send a refine to `refine` and a new image to their own first research stage."""
-    return "refine" if state.get("intent") == "refine" else "start"
+_EDIT = re.compile(
+    r"^\s*(please\s+)?(make|change|turn|add|remove|delete|put|give|set|replace|swap|use|move|"
+    r"now|instead|more|less|zoom|crop|brighten|darken|recolou?r|without|but|also|try|keep)\b"
+    r"|\b(make|turn|render|set|have)\s+(it|them|this|that)\b"
+    r"|\b(to|on|in|into|from|of)\s+(it|them|the (image|picture|photo|scene))\b",
+    re.IGNORECASE,
+)
+_NEW = re.compile(
+    r"^\s*(new (image|picture|one)|(draw|paint|generate|create|show)( me)? (a|an)\b)", re.I
+)
+
+
+def looks_like_edit(message: str) -> bool:
+    """A message that only makes sense as a change to the image on screen: an edit verb first,
+    or a pronoun for the image ("make it night", "add snow to it"), and no "new image" cue.
+    Weak models call such messages new images and lose the subject; the rule keeps it."""
+    if _NEW.search(message):
+        return False
+    return bool(_EDIT.search(message)) and len(message.split()) <= 12
 
 
 async def intake(run: StageRun) -> Result:
@@ -72,19 +90,25 @@ async def intake(run: StageRun) -> Result:
         "repair": None,
         "best_score": None,
         "last_image": None,
-        "messages": [],
+        "image_prompt": None,
     }
     if state.get("image") is None or state.get("grounded") is None:
         intent = Intent(kind="new")
     else:
-        intent = await run.structured(
-            "intake",
-            Intent,
-            [
-                SystemMessage(SYSTEM),
-                HumanMessage(USER.format(prompt=state.get("prompt", ""), message=message)),
-            ],
-        )
+        try:
+            intent = await run.structured(
+                "intake",
+                Intent,
+                [
+                    SystemMessage(SYSTEM),
+                    HumanMessage(USER.format(prompt=state.get("prompt", ""), message=message)),
+                ],
+            )
+        except LLMError:
+            # The rule alone decides: an edit-shaped message refines, anything else is new.
+            intent = Intent(kind="refine" if looks_like_edit(message) else "new")
+        if intent.kind == "new" and looks_like_edit(message):
+            intent = Intent(kind="refine", instruction=message)
     if intent.kind == "refine":
         instruction = intent.instruction.strip() or message
         update = {

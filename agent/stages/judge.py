@@ -16,10 +16,9 @@ from typing import Any, Literal
 from langchain_core.messages import HumanMessage, SystemMessage
 from pydantic import BaseModel, Field
 
+from agent.contracts import GroundedPrompt
 from agent.llm import LLMError, image_data_url
 from agent.stage import Result, StageRun
-from agent.stages.synthesize import GroundedPrompt
-from agent.state import RunState
 from core.errors import GroundworkError
 from generators.base import GenerationResult
 
@@ -42,20 +41,6 @@ class Preference(BaseModel):
 
     better: Literal["A", "B", "tie"]
     reason: str = Field(default="", max_length=300)
-
-
-def judge_method(run: StageRun) -> Method | None:
-    """Who can judge: the VLM when one is configured, else CLIP when a model is set, else none."""
-    if run.services.critique_configured(run.settings) is None:
-        return "vlm"
-    if run.settings.retrieval.clip_model:
-        return "clip"
-    return None
-
-
-def route(state: RunState) -> Literal["judge", "critique"]:
-    """After generate: several candidates go to the judge first."""
-    return "judge" if len(state.get("candidates") or []) > 1 else "critique"
 
 
 def combine(first: str, second: str) -> int:
@@ -150,7 +135,7 @@ async def judge(run: StageRun) -> Result:
     state = run.state
     candidates = [GenerationResult.model_validate(c) for c in state.get("candidates") or []]
     grounded = GroundedPrompt.model_validate(state["grounded"])
-    method = judge_method(run)
+    method: Method | None = run.services.judge_method(run.settings)
     notices: list[str] = []
     record: dict[str, Any] = {
         "candidates": [{"seed": c.seed, "sha256": c.image.sha256} for c in candidates]

@@ -2,15 +2,20 @@
 Gen-Searcher's shape (`gen_prompt` + `reference_images` by `IMG_###`), which then goes through the
 same generate and critique stages as the planned policy.
 
-`policy` asks the model and goes to `tools` (it called tools), `answer` (it answered) or back to
-itself (its reply was unusable: the model is told why). `tools` runs the calls and goes back to
-`policy`. How the conversation looks is the profile's business (agent/profiles.py); the bounds
-are here, as counters in state: tool calls (settings.agent.react_max_tool_calls, 8 as
-Gen-Searcher), LLM calls (that cap plus a few for malformed replies and the final answer) and
-prompt+completion tokens (react_token_budget). When one is spent the model gets the profile's
-forced-final message and no tools; a model that still gives no usable answer is replaced by the
-user's prompt, with a notice. A duplicate query is refused with an observation, a malformed call
-is answered with an error observation: neither ends the run.
+The loop runs as its own subgraph (graphs/react.py) over `ReactState`. `policy` asks the model
+once and writes its decision (`react_next`: tools, answer, or policy again after an unusable
+reply, which the model is told about); the graph routes on it. `tools` runs the calls through
+the tool registry (tools/registry.py). How the conversation looks is the profile's business
+(agent/profiles.py); the bounds are here, as counters in state: tool calls (the run's one tool
+budget, `agent.max_tool_calls`, within react's own cap `react_max_tool_calls`, 8 as
+Gen-Searcher), LLM calls (the profile's `llm_call_budget`, else the cap plus a few for malformed
+replies) and prompt+completion tokens (react_token_budget). When one is spent the model gets
+the profile's forced-final message and no tools; a model that still gives no usable answer, a
+reply cut at the length limit twice in a row, or a repeated reply (profiles that say so) ends
+the loop with the user's prompt, and a notice. A duplicate query is refused with an
+observation, a malformed call is answered with an error observation: neither ends the run.
+Every string from a tool (results, errors quoting server headers) reaches the model through
+`untrusted()`.
 """
 
 from __future__ import annotations
@@ -26,6 +31,15 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
 from pydantic import BaseModel, ValidationError
 
+from agent.contracts import (
+    Fact,
+    GapReport,
+    GroundedPrompt,
+    Ref,
+    Requirement,
+    check_references,
+    fallback_requirements,
+)
 from agent.llm import call_record, image_data_url, invoke
 from agent.profiles import (
     OrdinalRef,
@@ -37,30 +51,14 @@ from agent.profiles import (
     resolve_ordinals,
 )
 from agent.stage import Result, StageRun
-from agent.stages.analyze import GapReport
-from agent.stages.synthesize import (
-    Fact,
-    GroundedPrompt,
-    Ref,
-    Requirement,
-    check_references,
-    fallback_requirements,
-)
+from agent.state import ReactState
 from core.artifacts import ArtifactNotFound, ArtifactStore
 from generators.base import GeneratorError
 from generators.capabilities import capabilities
-from tools.observations import ImageHit, ImageRegistry, Observation, ToolName
+from tools.observations import ImageHit, ImageRegistry, Observation
+from tools.registry import TOOLS, get_tool, parse_arguments, tool_specs
 from tools.render import untrusted
-from tools.schemas import (
-    ALL_TOOLS,
-    BrowseArgs,
-    ImageSearchArgs,
-    KnowledgeBaseArgs,
-    SearchArgs,
-    ToolCallError,
-    parse_arguments,
-    tool_specs,
-)
+from tools.schemas import ToolCallError
 
 if TYPE_CHECKING:
     from tools.toolkit import Toolkit
@@ -77,10 +75,23 @@ M = TypeVar("M", bound=BaseModel)
 
 # -- conversation helpers -------------------------------------------------------------------------
 def offered_tools(run: StageRun, profile: Profile) -> list[dict[str, Any]]:
-    """The profile's tools; knowledge_base only when a knowledge base exists."""
+    """The profile's tools that exist in the registry; a tool that needs the knowledge base
+    only when one exists."""
     has_kb = run.settings.retrieval.kb_dir.expanduser().exists()
-    names = [n for n in profile.tool_names if n != "knowledge_base" or has_kb]
+    names = [n for n in profile.tool_names if n in TOOLS and (has_kb or not TOOLS[n].requires_kb)]
     return tool_specs(names)
+
+
+def tool_cap(run: StageRun) -> int:
+    """Tool calls this loop may make in all: the react cap, within the run's one tool budget
+    (`agent.max_tool_calls`, which a run's RunContext may lower: the planned policy obeys the
+    same number)."""
+    a = run.settings.agent
+    return min(a.react_max_tool_calls, a.max_tool_calls)
+
+
+def _state(run: StageRun) -> ReactState:
+    return cast(ReactState, run.state)
 
 
 def _vision(run: StageRun, profile: Profile) -> bool:
@@ -215,8 +226,9 @@ def _reply(
             }
             return message, parsed
         return {"role": "assistant", "content": text}, parsed
-    # Text protocol: the turn is kept as written, minus any tool result the model invented.
-    text = text.split("<tool_response>", 1)[0].strip()
+    # Text protocol: the turn is kept as the profile keeps it (Gen-Searcher: cut before any
+    # tool result the model invented).
+    text = profile.keep_reply(text)
     return {"role": "assistant", "content": text}, profile.parse(text, turn=turn)
 
 
@@ -234,41 +246,65 @@ def _is_forced_final(message: Message, profile: Profile) -> bool:
     )
 
 
-def _spent(run: StageRun, messages: list[Message]) -> str | None:
+def _call_limit(run: StageRun, profile: Profile) -> int:
+    """Policy LLM calls before the forced final answer: the profile's own budget (Gen-Searcher:
+    9), else the tool cap plus a few for malformed replies."""
+    if profile.llm_call_budget is not None:
+        return profile.llm_call_budget
+    return tool_cap(run) + MAX_EXTRA_LLM_CALLS - 1
+
+
+def _spent(run: StageRun, profile: Profile, messages: list[Message]) -> str | None:
     """Why the model must answer now, or None while it may still call tools."""
     a = run.settings.agent
-    if run.state.get("tool_calls", 0) >= a.react_max_tool_calls:
-        return f"tool budget of {a.react_max_tool_calls} calls spent"
+    cap = tool_cap(run)
+    if run.state.get("tool_calls", 0) >= cap:
+        return f"tool budget of {cap} calls spent"
     if _tokens_used(messages) >= a.react_token_budget:
         return f"token budget of {a.react_token_budget} spent"
-    if _assistant_turns(messages) >= a.react_max_tool_calls + MAX_EXTRA_LLM_CALLS - 1:
+    if _assistant_turns(messages) >= _call_limit(run, profile):
         return "LLM-call budget spent"
     return None
 
 
+def _sig(message: Message) -> tuple[str, list[tuple[str, str]]]:
+    """A reply's content and calls without their ids (which differ each turn)."""
+    calls = [
+        (str(c["function"]["name"]), str(c["function"]["arguments"]))
+        for c in message.get("tool_calls") or []
+    ]
+    return _text(message.get("content")).strip(), calls
+
+
+def _stop(update: dict[str, Any], why: str, summary: str) -> Result:
+    """End the loop without an answer: the answer node falls back to the prompt as written."""
+    return Result({**update, "react_next": "answer", "react_stop": why}, summary)
+
+
 # -- policy ---------------------------------------------------------------------------------------
 async def policy(run: StageRun) -> Result:
+    """Ask the policy model once. Writes `react_next` (tools, answer, or policy again after an
+    unusable reply); the loop's graph routes on it."""
     settings = run.settings
+    state = _state(run)
     profile = get_profile(settings.agent.react_profile)
     tools = offered_tools(run, profile)
-    messages = list(run.state.get("messages") or [])
-    update: dict[str, Any] = {}
+    messages = list(state.get("messages") or [])
+    update: dict[str, Any] = {"react_stop": None}
     if not messages:
-        cap = settings.agent.react_max_tool_calls
         messages = [
-            {"role": "system", "content": profile.system(tools, today(), cap)},
-            {"role": "user", "content": profile.user(run.state["prompt"])},
+            {"role": "system", "content": profile.system(tools, today(), tool_cap(run))},
+            {"role": "user", "content": profile.user(state["prompt"])},
         ]
         update["react_seen"] = []
     turn = _assistant_turns(messages)
-    if turn >= settings.agent.react_max_tool_calls + MAX_EXTRA_LLM_CALLS:
-        return _fallback(
+    if turn > _call_limit(run, profile):
+        return _stop(
             {**update, "messages": messages},
             "the policy gave no usable answer within its LLM-call budget",
-            prompt=run.state["prompt"],
-            goto="generate",
+            f"turn {turn + 1}: LLM-call budget spent",
         )
-    spent = _spent(run, messages)
+    spent = _spent(run, profile, messages)
     forced = spent is not None
     notices: list[str] = []
     if forced and not _is_forced_final(messages[-1], profile):
@@ -282,9 +318,9 @@ async def policy(run: StageRun) -> Result:
     sent = [clean(m) for m in messages]
     lc = to_langchain(sent, run.services.store)
     started = time.perf_counter()
-    reply = await invoke(runnable, lc, chat)
+    reply = cast(AIMessage, await invoke(runnable, lc, chat))
     record = call_record(chat, lc, reply, started, response_format=None, tools=tools)
-    assistant, parsed = _reply(cast(AIMessage, reply), profile, turn=turn, native=native)
+    assistant, parsed = _reply(reply, profile, turn=turn, native=native)
     record.update(
         {
             "messages": sent,  # images as artifact:<sha256>, not base64
@@ -295,27 +331,44 @@ async def policy(run: StageRun) -> Result:
     )
     run.record_llm("policy", record)
     assistant["_tokens"] = record["prompt_tokens"] + record["completion_tokens"]
+    truncated = (reply.response_metadata or {}).get("finish_reason") == "length"
+    if truncated:
+        assistant["_truncated"] = True
+    previous = next((m for m in reversed(messages) if m["role"] == "assistant"), None)
     messages.append(assistant)
     update.update({"messages": messages, "notices": notices})
+    cut_twice = truncated and previous is not None and previous.get("_truncated")
+    if profile.truncated_message is not None and cut_twice:
+        return _stop(
+            update,
+            "the policy's reply was cut at the length limit twice in a row",
+            f"turn {turn + 1}: truncated twice",
+        )
+    if profile.stop_on_repeat and previous is not None and _sig(previous) == _sig(assistant):
+        return _stop(update, "the policy repeated its previous reply", f"turn {turn + 1}: repeat")
     if parsed.answer is not None and (forced or not parsed.calls):
-        return Result(update, f"turn {turn + 1}: answered", goto="answer")
+        return Result({**update, "react_next": "answer"}, f"turn {turn + 1}: answered")
     if parsed.calls and not forced:
         names = ", ".join(c.name or "?" for c in parsed.calls)
         return Result(
-            update, f"turn {turn + 1}: {len(parsed.calls)} tool call(s): {names}", "tools"
+            {**update, "react_next": "tools"},
+            f"turn {turn + 1}: {len(parsed.calls)} tool call(s): {names}",
         )
+    if truncated and profile.truncated_message is not None:
+        messages.append({"role": "user", "content": profile.truncated_message})
+        return Result({**update, "react_next": "policy"}, f"turn {turn + 1}: truncated reply")
     body = _text(assistant.get("content"))
     if forced:
         error = parsed.error if parsed.calls == () else "tools are no longer available"
         text = f"{profile.invalid_format(error or 'no answer')}\n\n{profile.forced_final}"
     elif "<tool_call>" in body:
         error = parsed.error or "malformed tool call"
-        text = profile.wrap(profile.tool_error(error))
+        text = profile.render_tool_error(error)
     else:
         error = parsed.error or "no tool call and no answer"
         text = profile.invalid_format(error)
     messages.append({"role": "user", "content": text})
-    return Result(update, f"turn {turn + 1}: unusable reply ({error})", goto="policy")
+    return Result({**update, "react_next": "policy"}, f"turn {turn + 1}: unusable reply ({error})")
 
 
 # -- tools ----------------------------------------------------------------------------------------
@@ -342,50 +395,44 @@ def _dedupe(
     call: ToolRequest, seen: set[str]
 ) -> tuple[dict[str, Any] | str | None, list[str], list[str]]:
     """(arguments to run or None when it only repeats earlier calls, keys they add, what was
-    repeated). A search drops the queries already run; any other call is refused whole."""
+    repeated), from the tool's `dedupe_key`: a tool that can be narrowed (search) drops the
+    units already run; any other call that repeats is refused whole."""
     try:
+        spec = get_tool(call.name)
         args = parse_arguments(call.name, call.arguments)
     except ToolCallError:
         return call.arguments, [], []  # the toolkit answers with what is wrong
-    raw = (
-        dict(call.arguments)
-        if isinstance(call.arguments, dict)
-        else args.model_dump(exclude_unset=True)
-    )
-    if isinstance(args, SearchArgs):
-        fresh: list[str] = []
-        keys: list[str] = []
-        repeats: list[str] = []
-        for q in args.queries:
-            key = f"search::{_norm(q)}"
-            if key in seen or key in keys:
-                repeats.append(q)
-            else:
-                fresh.append(q)
-                keys.append(key)
-        return ({**raw, "queries": fresh} if fresh else None), keys, repeats
-    if isinstance(args, BrowseArgs):
-        key = f"browse::{args.url.strip()}::{_norm(args.query)}"
-        label = f"{args.url} ({args.query})"
-    else:
-        assert isinstance(args, ImageSearchArgs | KnowledgeBaseArgs)
-        key = f"{call.name}::{_norm(args.query)}"
-        label = args.query
-    return (None, [], [label]) if key in seen else (raw, [key], [])
+    keys = spec.dedupe_key(args)
+    fresh = [i for i, k in enumerate(keys) if k not in seen and k not in keys[:i]]
+    repeated = [i for i in range(len(keys)) if i not in fresh]
+    if not repeated:
+        return call.arguments, keys, []
+
+    def unit(i: int) -> str:
+        return spec.label(spec.keep(args, [i])) if spec.keep is not None else spec.label(args)
+
+    repeats = [unit(i) for i in repeated]
+    if not fresh or spec.keep is None:
+        return None, [], repeats
+    narrowed = spec.keep(args, fresh)
+    return narrowed.model_dump(exclude_unset=True), [keys[i] for i in fresh], repeats
 
 
 def _label(call: ToolRequest) -> str:
-    args = call.arguments
-    if isinstance(args, dict):
-        for key in ("queries", "query", "url"):
-            if key in args:
-                value = args[key]
-                return untrusted(" | ".join(map(str, value)) if isinstance(value, list) else value)
-    return untrusted(args, 200)
+    """What a call is about, as the model may see it again (its own text is untrusted too)."""
+    try:
+        spec = get_tool(call.name)
+        return untrusted(spec.label(parse_arguments(call.name, call.arguments)), 200)
+    except ToolCallError:
+        return untrusted(call.arguments, 200)
 
 
 async def tools(run: StageRun) -> Result:
-    state = run.state
+    """Run the calls of the policy's last reply (deduplicated, within the tool budget) and
+    answer each through the profile's renderer; every string the model sees from a tool (web
+    text, error messages that quote headers or URLs, its own repeated queries) goes through
+    `untrusted()` there. The loop's graph goes back to policy."""
+    state = _state(run)
     settings = run.settings
     profile = get_profile(settings.agent.react_profile)
     messages = list(state["messages"])
@@ -402,10 +449,14 @@ async def tools(run: StageRun) -> Result:
     seen = {"::".join(k) for k in state.get("react_seen") or []}
     observations = list(state.get("observations") or [])
     used = state.get("tool_calls", 0)
-    cap = settings.agent.react_max_tool_calls
+    cap = tool_cap(run)
     allowed = [t["function"]["name"] for t in offered_tools(run, profile)]
     vision = _vision(run, profile)
-    ctx = RenderContext(settings.agent.observation_chars, lambda hit: _local_path(hit, store))
+    ctx = RenderContext(
+        settings.agent.observation_chars,
+        lambda hit: _local_path(hit, store),
+        max_listed_images=profile.max_listed_images,
+    )
     trailing: list[tuple[str, str]] = []  # (img_id, sha) shown after OpenAI tool answers
     for n, call in enumerate(calls):
         refused: str | None = None
@@ -413,20 +464,21 @@ async def tools(run: StageRun) -> Result:
         keys: list[str] = []
         repeats: list[str] = []
         if call.name not in allowed:
-            refused = f"unknown tool {call.name!r}; available: {', '.join(allowed)}"
+            refused = f"unknown tool {untrusted(call.name, 80)!r}; available: {', '.join(allowed)}"
         else:
             arguments, keys, repeats = _dedupe(call, seen)
             if arguments is None:
                 refused = (
                     f"duplicate call refused: {call.name} already ran for "
-                    f"{', '.join(repr(r) for r in repeats)}; use that result or try a different "
+                    f"{', '.join(repr(untrusted(r, 200)) for r in repeats)}; use that result or "
+                    "try a different "
                     "query"
                 )
             elif used >= cap:
                 refused = f"the tool budget of {cap} calls is spent; answer now"
         if refused is not None or arguments is None:
             refused = refused or "refused"
-            tool = cast(ToolName, call.name) if call.name in ALL_TOOLS else "unknown"
+            tool = call.name if call.name in TOOLS else "unknown"
             obs_list = [Observation.failure(tool, _label(call), refused)]
             _record(run, call, call.arguments, obs_list)
         else:
@@ -437,17 +489,22 @@ async def tools(run: StageRun) -> Result:
         ids = {i.sha256: i.img_id for o in obs_list for i in o.items if isinstance(i, ImageHit)}
         images: list[str] = []
         if refused is not None:
-            text = profile.tool_error(refused)
+            text = profile.tool_error(untrusted(refused, 1000))
         elif all(not o.ok for o in obs_list):
-            text = profile.tool_error("; ".join(o.error or "the tool failed" for o in obs_list))
+            # Tool errors quote what servers sent (Content-Type, a redirect's Location...):
+            # untrusted text like any page.
+            errors = "; ".join(untrusted(o.error or "the tool failed", 500) for o in obs_list)
+            text = profile.tool_error(errors)
         else:
             text, images = profile.render(call, obs_list, ctx)
-        extra = ([f"already run, skipped: {', '.join(map(repr, repeats))}"] if repeats else []) + (
+        skipped = ", ".join(repr(untrusted(r, 200)) for r in repeats)
+        extra = ([f"already run, skipped: {skipped}"] if repeats else []) + (
             notes if n == 0 else []
         )
         if extra:
-            text += "\n\n" + "\n".join(f"Note: {x}" for x in extra)
-        shown = images[: profile.max_images] if vision else []
+            # Parser notes quote the model's own malformed text: rendered like tool data.
+            text += "\n\n" + "\n".join(f"Note: {untrusted(x, 500)}" for x in extra)
+        shown = images[: profile.max_attached_images] if vision else []
         if profile.result_role == "tool":
             messages.append(
                 {"role": "tool", "tool_call_id": call.call_id, "content": profile.wrap(text)}
@@ -460,7 +517,7 @@ async def tools(run: StageRun) -> Result:
         parts: list[dict[str, Any]] = [
             {"type": "text", "text": "The images the tool calls above returned:"}
         ]
-        for img_id, sha in trailing[: profile.max_images]:
+        for img_id, sha in trailing[: profile.max_attached_images]:
             parts.append({"type": "text", "text": f"{img_id}:"})
             parts.append({"type": "image_url", "image_url": {"url": f"artifact:{sha}"}})
         messages.append({"role": "user", "content": parts})
@@ -473,7 +530,6 @@ async def tools(run: StageRun) -> Result:
             "react_seen": sorted(k.split("::", 1) for k in seen),
         },
         f"{len(calls)} call(s), {used}/{cap} of the tool budget used",
-        goto="policy",
     )
 
 
@@ -487,7 +543,7 @@ def _with_images(profile: Profile, text: str, shas: list[str]) -> str | list[dic
 
 
 def _local_path(hit: ImageHit, store: ArtifactStore) -> str:
-    """The run folder's copy of the image (agent/report.py writes refs/IMG_###.<ext>)."""
+    """The run folder's copy of the image (graphs/run_folder.py writes refs/IMG_###.<ext>)."""
     try:
         suffix = store.path(hit.sha256).suffix
     except (ArtifactNotFound, ValueError):
@@ -510,9 +566,7 @@ async def _execute(
             toolkit.call(call.name, arguments, registry=registry), timeout=timeout
         )
     except TimeoutError:
-        result = Observation.failure(
-            cast(ToolName, call.name), _label(call), f"timed out after {timeout:.0f}s"
-        )
+        result = Observation.failure(call.name, _label(call), f"timed out after {timeout:.0f}s")
     obs_list = result if isinstance(result, list) else [result]
     _record(run, call, arguments, obs_list)
     return obs_list
@@ -544,7 +598,7 @@ def _record(
 
 
 # -- answer ---------------------------------------------------------------------------------------
-def _fallback(update: dict[str, Any], why: str, *, prompt: str, goto: str | None) -> Result:
+def _fallback(update: dict[str, Any], why: str, *, prompt: str) -> Result:
     """No usable answer: the user's prompt as written, and a notice saying why."""
     grounded = GroundedPrompt(
         gen_prompt=prompt[:1500], requirements=fallback_requirements(prompt, GapReport())
@@ -556,7 +610,6 @@ def _fallback(update: dict[str, Any], why: str, *, prompt: str, goto: str | None
             "notices": [*update.get("notices", []), f"{why}; the prompt was used as written"],
         },
         "no usable answer: prompt used as is",
-        goto=goto,
     )
 
 
@@ -617,25 +670,23 @@ def is_placeholder(text: str) -> bool:
 async def answer(run: StageRun) -> Result:
     """The policy's answer as a GroundedPrompt, its ordinal phrases resolved for the
     generator."""
-    state = run.state
+    state = _state(run)
     profile = get_profile(run.settings.agent.react_profile)
+    if state.get("react_stop"):
+        return _fallback({}, str(state.get("react_stop")), prompt=state["prompt"])
     messages = state.get("messages") or []
     last = messages[-1] if messages else {}
     parsed = profile.parse(_text(last.get("content")), turn=0)
     prompt = state["prompt"]
     if parsed.answer is None:
         why = parsed.error or "no answer"
-        return _fallback({}, f"the policy's answer was unusable ({why})", prompt=prompt, goto=None)
+        return _fallback({}, f"the policy's answer was unusable ({why})", prompt=prompt)
     grounded, refs = answer_fields(parsed.answer)
     if not grounded.gen_prompt:
-        return _fallback(
-            {}, "the policy's answer had an empty gen_prompt", prompt=prompt, goto=None
-        )
+        return _fallback({}, "the policy's answer had an empty gen_prompt", prompt=prompt)
     if is_placeholder(grounded.gen_prompt):
         # Small models copy the answer template itself ("<the prompt for the image model>").
-        return _fallback(
-            {}, "the policy's answer copied the template's placeholder", prompt=prompt, goto=None
-        )
+        return _fallback({}, "the policy's answer copied the template's placeholder", prompt=prompt)
     ids = state.get("image_ids") or {}
     grounded, notices = check_references(
         grounded.model_copy(update={"reference_images": refs}),

@@ -4,7 +4,7 @@ A weak model's rewrite often drops the subject ("make it night" -> "a night sky"
 loses most of the previous prompt's content words falls back to the previous prompt with the
 change merged in, and says so.
 
-The revised prompt is kept within the image model's token budget (synthesize.fit_prompt).
+The revised prompt is kept within the image model's token budget (agent/prompt_fit.py).
 """
 
 from __future__ import annotations
@@ -14,15 +14,10 @@ import re
 
 from langchain_core.messages import HumanMessage, SystemMessage
 
+from agent.contracts import GroundedPrompt, Requirement, check_references, grounded_schema
+from agent.llm import LLMError
+from agent.prompt_fit import encoder, fit_prompt, merge_instruction
 from agent.stage import Result, StageRun
-from agent.stages.synthesize import (
-    GroundedPrompt,
-    Requirement,
-    check_references,
-    encoder,
-    fit_prompt,
-    grounded_schema,
-)
 
 SYSTEM = """\
 You revise a grounded prompt for a text-to-image model after the user asked for a change.
@@ -52,35 +47,33 @@ def keeps_subject(previous: str, rewrite: str) -> bool:
     return len(before & content_words(rewrite)) / len(before) >= KEEP_RATIO
 
 
-def merge_instruction(prompt: str, instruction: str) -> str:
-    """The change first (CLIP encoders read 77 tokens: an edit at the end can be cut off)."""
-    instruction = instruction.strip().rstrip(".")
-    if not instruction or instruction.lower() in prompt.lower():
-        return prompt
-    return f"{instruction}: {prompt}"
-
-
 async def refine(run: StageRun) -> Result:
     state = run.state
     previous = GroundedPrompt.model_validate(state.get("grounded") or {})
     instruction = state.get("edit_instruction") or state.get("request") or ""
-    answer = await run.structured(
-        "refine",
-        grounded_schema(False),
-        [
-            SystemMessage(SYSTEM),
-            HumanMessage(
-                USER.format(
-                    gen_prompt=previous.gen_prompt,
-                    facts=json.dumps([f.claim for f in previous.facts]),
-                    refs=", ".join(r.img_id for r in previous.reference_images) or "none",
-                    instruction=instruction,
-                )
-            ),
-        ],
-    )
-    rewrite = GroundedPrompt.model_validate(answer.model_dump())
     notices: list[str] = []
+    try:
+        answer = await run.structured(
+            "refine",
+            grounded_schema(False),
+            [
+                SystemMessage(SYSTEM),
+                HumanMessage(
+                    USER.format(
+                        gen_prompt=previous.gen_prompt,
+                        facts=json.dumps([f.claim for f in previous.facts]),
+                        refs=", ".join(r.img_id for r in previous.reference_images) or "none",
+                        instruction=instruction,
+                    )
+                ),
+            ],
+        )
+        rewrite = GroundedPrompt.model_validate(answer.model_dump())
+    except LLMError as exc:
+        notices.append(f"the LLM could not revise the prompt ({exc}); merged the change in")
+        rewrite = previous.model_copy(
+            update={"gen_prompt": merge_instruction(previous.gen_prompt, instruction)}
+        )
     if not keeps_subject(previous.gen_prompt, rewrite.gen_prompt):
         notices.append(
             "the model's rewrite lost the previous prompt's content; used the previous prompt "

@@ -8,11 +8,12 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from agent.contracts import GapReport
 from agent.stage import Result, StageRun
-from agent.stages.analyze import GapReport
 from tools.observations import ImageRegistry, Observation, SearchHit, ToolName
+from tools.registry import TOOLS, ToolSpec
 
 if TYPE_CHECKING:
     from tools.toolkit import Toolkit
@@ -49,44 +50,25 @@ async def run_tool(
     return obs
 
 
-def outcome_notice(calls: int, observations: list[Observation]) -> str | None:
-    """Say what happened: no call made is not the same as every call failing."""
-    if calls == 0:
-        return "no tool calls were made (no gap had a query, or the tool budget was 0)"
-    failed = [o for o in observations if not o.ok]
-    empty = [o for o in observations if o.ok and not o.items]
-    if len(failed) == len(observations):
-        return f"every tool call failed ({len(failed)} of {calls})"
-    if len(failed) + len(empty) == len(observations):
-        return (
-            f"every tool call failed or came back empty ({len(failed)} failed, {len(empty)} empty)"
-        )
-    return None
-
-
 async def research(run: StageRun) -> Result:
     settings = run.settings
     state = run.state
     report = GapReport.model_validate(state.get("gaps") or {})
     toolkit = run.services.toolkit()
     registry = ImageRegistry.from_ids(state.get("image_ids") or {})
-    budget = settings.agent.max_tool_calls - state.get("tool_calls", 0)
+    budget = run.tool_budget
     timeout = settings.tools.timeout_s + 5.0
+    has_kb = settings.retrieval.kb_dir.expanduser().exists()
 
     calls: list[ToolCall] = []
     for gap in report.gaps:
-        for q in gap.text_queries:
-            calls.append(("search", q, partial(_search_one, toolkit, q)))
-        for q in gap.image_queries:
-            calls.append(("image_search", q, partial(toolkit.image_search, q, registry=registry)))
-        if settings.retrieval.kb_dir.exists():
-            calls.append(
-                (
-                    "knowledge_base",
-                    gap.span,
-                    partial(toolkit.knowledge_base, gap.span, registry=registry),
-                )
-            )
+        # Every tool that plans calls for a gap, in the registry's order.
+        for spec in TOOLS.values():
+            if spec.plan is None or (spec.requires_kb and not has_kb):
+                continue
+            for args in spec.plan(gap):
+                label = spec.label(args)
+                calls.append((spec.name, label, partial(_first, spec, toolkit, args, registry)))
     skipped = calls[max(budget, 0) :]
     calls = calls[: max(budget, 0)]
     semaphore = asyncio.Semaphore(settings.agent.research_concurrency)
@@ -126,10 +108,14 @@ async def research(run: StageRun) -> Result:
     )
 
 
-async def _search_one(toolkit: Toolkit, query: str) -> Observation:
-    """One query per call, so each counts once against the tool budget."""
-    results = await toolkit.search([query])
-    return results[0] if results else Observation.failure("search", query, "no result")
+async def _first(
+    spec: ToolSpec[Any], toolkit: Toolkit, args: Any, registry: ImageRegistry
+) -> Observation:
+    """One planned call is one unit of work (a search with one query): its one observation."""
+    result = await spec.run(toolkit, args, registry)
+    if isinstance(result, list):
+        return result[0] if result else Observation.failure(spec.name, spec.label(args), "none")
+    return result
 
 
 def _browse_calls(

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from core.imports import heavy_imports
 from retrieval.embedders.base import (
     EmbedderSpec,
     Modality,
@@ -74,6 +75,7 @@ class OpenClipEmbedder:
         allow_download: bool = False,
         cache_dir: Path | None = None,
     ) -> None:
+        heavy_imports("open_clip")  # not beside a pipeline load's imports (issue 21.3)
         import open_clip
         import torch
 

@@ -18,7 +18,9 @@ from tests.agent.conftest import (
     tool_call,
 )
 from tests.support.scripted_llm import ScriptedLLM
+from tests.support.stage_paths import expected_stages
 from tests.support.web import WebServer
+from tools.registry import TOOLS
 
 PROMPT = "the Zephyr X1 drone over a lake"
 
@@ -63,15 +65,9 @@ async def test_react_searches_browses_picks_a_reference_and_answers(
     )
     state = await run_graph(services_factory(settings), PROMPT)
 
-    assert _stages(state) == [
-        "intake",
-        *["policy", "tools"] * 4,
-        "policy",
-        "answer",
-        "generate",
-        "critique",
-        "finish",
-    ]
+    assert _stages(state) == expected_stages(
+        "react", "intake", *["policy", "tools"] * 4, "policy", "answer", "critique", "finish"
+    )
     assert state["tool_calls"] == 3  # the refused duplicate does not count
     tools = [(o["tool"], o["ok"]) for o in state["observations"]]
     assert tools == [
@@ -85,7 +81,9 @@ async def test_react_searches_browses_picks_a_reference_and_answers(
 
     # What the model was sent, turn by turn.
     first = scripted_llm.calls("text")[0]
-    assert [t["function"]["name"] for t in first["tools"]] == ["search", "image_search", "browse"]
+    # Every registered tool is offered, but the knowledge base only when there is one.
+    offered = [n for n, spec in TOOLS.items() if not spec.requires_kb]
+    assert [t["function"]["name"] for t in first["tools"]] == offered
     assert first["messages"][1] == {"role": "user", "content": f"Image prompt: {PROMPT}"}
     second = sent_messages(scripted_llm, 1)
     call_id = second[-2]["tool_calls"][0]["id"]

@@ -14,11 +14,18 @@ import pytest
 from langgraph.checkpoint.memory import InMemorySaver
 from typer.testing import CliRunner
 
+from agent.contracts import GroundedPrompt
 from agent.profiles import parse_text_protocol
 from agent.services import Services
 from agent.settings import Settings
-from agent.sft import ImageFiles, check_openai, check_sharegpt, export_runs, read_examples
-from agent.stages.synthesize import GroundedPrompt
+from agent.sft import (
+    ImageFiles,
+    SkipRun,
+    check_openai,
+    check_sharegpt,
+    export_runs,
+    read_examples,
+)
 from agent.trace import read_trace
 from cli.traces import traces_app
 from graphs.runner import Runner, RunOutcome
@@ -183,23 +190,44 @@ async def test_export_openai_and_sharegpt_revalidate(
     browse = json.loads(planned["messages"][5]["tool_calls"][0]["function"]["arguments"])
     assert browse["url"].endswith("/z") and browse["query"] == "Zephyr X1 drone"
     assert _own_check(planned).gen_prompt == "an orange drone over a lake"
-    # react (vision): the images the policy saw became files beside the JSONL
-    urls = [
-        p["image_url"]["url"]
-        for m in react["messages"]
-        if isinstance(m["content"], list)
-        for p in m["content"]
-        if p["type"] == "image_url"
+    # react (vision): the images the policy saw are data URIs (OpenAI's format) ...
+    urls = _image_urls(react)
+    assert len(urls) == 2 and all(u.startswith("data:image/png;base64,") for u in urls)
+    # ... or http URLs of files written beside the JSONL, given a base URL
+    hosted = tmp_path / "hosted" / "openai.jsonl"
+    export_runs(runs_dir, hosted, fmt="openai", image_base_url="https://cdn.example/sft")
+    hosted_react = _by_policy(list(read_examples(hosted)))[1]
+    for u in _image_urls(hosted_react):
+        assert u.startswith("https://cdn.example/sft/images/")
+        assert (hosted.parent / u.removeprefix("https://cdn.example/sft/")).is_file()
+    # arguments are JSON strings (the OpenAI spec), objects on request (Qwen/Llama templates)
+    args = [
+        c["function"]["arguments"] for m in planned["messages"] for c in m.get("tool_calls") or []
     ]
-    assert len(urls) == 2 and all((out.parent / u).is_file() for u in urls)
-    assert all(u.startswith("images/") for u in urls)
+    assert args and all(isinstance(a, str) for a in args)
+    as_dicts = tmp_path / "dicts" / "openai.jsonl"
+    export_runs(runs_dir, as_dicts, fmt="openai", dict_arguments=True)
+    dict_args = [
+        c["function"]["arguments"]
+        for e in read_examples(as_dicts)
+        for m in e["messages"]
+        for c in m.get("tool_calls") or []
+    ]
+    assert dict_args and all(isinstance(a, dict) for a in dict_args)
     # gen-searcher: text-protocol calls became OpenAI tool calls; the malformed turn is gone
     calls = [c["function"]["name"] for m in gs["messages"] for c in m.get("tool_calls") or []]
     assert calls == ["image_search"]
     assert not any("[Tool Error]" in str(m["content"]) for m in gs["messages"])
 
     share = tmp_path / "sft" / "sharegpt.jsonl"
-    assert export_runs(runs_dir, share, fmt="sharegpt").written == 3
+    shared = export_runs(runs_dir, share, fmt="sharegpt")
+    assert shared.written == 3
+    # LLaMA-Factory's dataset_info.json entry beside the data
+    info = json.loads((share.parent / "dataset_info.json").read_text())
+    assert info["sharegpt"]["file_name"] == "sharegpt.jsonl"
+    assert info["sharegpt"]["formatting"] == "sharegpt"
+    assert info["sharegpt"]["columns"] == {"messages": "messages", "images": "images"}
+    assert shared.dataset_info == share.parent / "dataset_info.json"
     for example in read_examples(share):
         assert check_sharegpt(example, share.parent) == []
     gs_share = next(e for e in read_examples(share) if e["messages"][1]["content"] == PROMPT)
@@ -209,6 +237,16 @@ async def test_export_openai_and_sharegpt_revalidate(
         '<tool_call>\n{"name": "image_search", "arguments": {"query": "zephyr photo"}}\n'
         "</tool_call>"
     )
+
+
+def _image_urls(example: dict[str, Any]) -> list[str]:
+    return [
+        p["image_url"]["url"]
+        for m in example["messages"]
+        if isinstance(m["content"], list)
+        for p in m["content"]
+        if p["type"] == "image_url"
+    ]
 
 
 def _by_policy(examples: list[dict[str, Any]]) -> tuple[dict[str, Any], ...]:
@@ -253,3 +291,68 @@ def test_data_urls_become_files(tmp_path: Path) -> None:
     assert path == f"images/{hashlib.sha256(data).hexdigest()}.png"
     assert (tmp_path / path).read_bytes() == data
     assert files.path_for(url, tmp_path, {}) == path and files.written == 1
+
+
+# -- hostile run folders (issue 22.6): generated variants per class -----------------------------
+def _run_folder(root: Path, name: str, trace: bytes | None = b"") -> Path:
+    run = root / name
+    run.mkdir(parents=True)
+    (run / "run.json").write_text(json.dumps({"turn": 1, "stages": []}))
+    if trace is not None:
+        (run / "trace.jsonl").write_bytes(trace)
+    return run
+
+
+@pytest.mark.parametrize("depth", [2_000, 50_000, 400_000])
+def test_deeply_nested_json_is_skipped_not_a_recursion_error(tmp_path: Path, depth: int) -> None:
+    root = tmp_path / "runs"
+    for i, opener in enumerate(("[", '{"a":')):
+        line = (opener * depth).encode()
+        _run_folder(root, f"deep{i}", line + b"\n")
+        (root / f"deep{i}" / "run.json").write_bytes(b"[" * depth)
+    report = export_runs(root, tmp_path / "out.jsonl")
+    assert report.written == 0 and len(report.skipped) == 2
+    assert all("nested too deeply" in why or "JSON" in why for _, why in report.skipped)
+
+
+@pytest.mark.parametrize("target", ["/etc/passwd", "/dev/zero", "/proc/self/environ", "OUTSIDE"])
+def test_symlinks_out_of_the_run_root_and_devices_are_never_read(
+    tmp_path: Path, target: str
+) -> None:
+    root = tmp_path / "runs"
+    secret = tmp_path / "secret.txt"
+    secret.write_text("TOP-SECRET")
+    real = secret if target == "OUTSIDE" else Path(target)
+    # the trace itself is a link, and a whole run folder is a link out of the root
+    run = _run_folder(root, "linked-trace", trace=None)
+    (run / "trace.jsonl").symlink_to(real)
+    outside = _run_folder(tmp_path / "elsewhere", "run", b"")
+    (root / "linked-run").symlink_to(outside)
+    # a reference image linked out of the run folder
+    refs = _run_folder(root, "linked-ref", trace=None)
+    (refs / "refs").mkdir()
+    (refs / "refs" / "IMG_001.png").symlink_to(real)
+    files = ImageFiles(tmp_path / "images", None)
+    with pytest.raises(SkipRun, match="outside the run folder|not a regular file"):
+        files.path_for("artifact:" + "0" * 64, refs, {"IMG_001": "0" * 64})
+    out = tmp_path / "out.jsonl"
+    report = export_runs(root, out)
+    assert report.written == 0
+    names = {n for n, _ in report.skipped}
+    assert "linked-run" not in names  # never even listed
+    assert not (tmp_path / "images").exists() or not any((tmp_path / "images").iterdir())
+    assert "TOP-SECRET" not in out.read_text()
+
+
+def test_a_trace_over_the_cap_is_skipped_without_reading_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import agent.sft as sft
+
+    monkeypatch.setattr(sft, "MAX_TRACE_BYTES", 1024)
+    root = tmp_path / "runs"
+    for size in (1025, 4096, 1 << 20):
+        _run_folder(root, f"big{size}", b"x" * size)
+    report = export_runs(root, tmp_path / "out.jsonl")
+    assert report.written == 0
+    assert all("cap" in why for _, why in report.skipped), report.skipped

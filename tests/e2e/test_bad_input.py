@@ -76,6 +76,31 @@ def test_unwritable_output_folder(env: dict[str, str], tmp_path: Path) -> None:
     _one_line_error(code, err, "cannot write the run folder")
 
 
+@pytest.mark.parametrize(
+    ("option", "where"),
+    [
+        ("--out", "/proc/groundwork-test/runs"),
+        ("--out", "/proc/self/runs"),
+        ("--out", "/sys/groundwork-test"),
+        ("GROUNDWORK_TRACES_DIR", "/proc/groundwork-traces"),
+        ("GROUNDWORK_CHECKPOINT_DB", "/proc/groundwork/checkpoints.sqlite"),
+    ],
+)
+def test_output_the_kernel_refuses_fails_before_any_work(
+    env: dict[str, str], tmp_path: Path, option: str, where: str
+) -> None:
+    """Root passes os.access on /proc and /sys; the check really creates a probe, so the run
+    stops with one line before research, not after the whole run (issue 22.10)."""
+    args = ["run", "a cat"]
+    if option.startswith("--"):
+        args += [option, where]
+    else:
+        env = {**env, option: where}
+    code, err = _invoke(args, env)
+    _one_line_error(code, err, "cannot write the")
+    assert not list(tmp_path.rglob("trace.jsonl"))  # nothing ran
+
+
 def test_invalid_setting_from_env(env: dict[str, str]) -> None:
     code, err = _invoke(["run", "a cat"], {**env, "GROUNDWORK_GENERATOR__STEPS": "zero"})
     _one_line_error(code, err, "generator.steps")

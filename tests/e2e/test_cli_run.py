@@ -12,6 +12,7 @@ from PIL import Image
 
 from tests.conftest import groundwork
 from tests.support.scripted_llm import ScriptedLLM
+from tests.support.stage_paths import expected_stages
 from tests.support.web import WebServer, png_bytes
 
 pytestmark = pytest.mark.slow
@@ -130,17 +131,9 @@ def test_run_writes_image_dossier_and_run_json_with_one_edit_round(
 
     record = json.loads((run_dir / "run.json").read_text())
     stages = [s["stage"] for s in record["stages"]]
-    assert stages == [
-        "intake",
-        "analyze",
-        "research",
-        "synthesize",
-        "generate",
-        "critique",
-        "generate",
-        "critique",
-        "finish",
-    ]
+    assert stages == expected_stages(
+        "planned", "intake", "analyze", "research", "critique", "generate", "critique", "finish"
+    )
     assert record["status"] == "done"
     assert [r["action"] for r in record["rounds"]] == ["img2img", "finish"]
     assert record["rounds"][1]["image"]["mode"] == "img2img"

@@ -160,19 +160,23 @@ class FirstAlwaysJudge(OracleJudge):
 
 
 def synthetic_config(tmp: Path, suite: Path, **extra: Any) -> dict[str, Any]:
-    """A config dict whose arms are placeholders replaced by synthetic ones (same names)."""
-    return {
+    """A config dict whose arms are placeholders replaced by synthetic ones (same names).
+    The oracle judge knows only synthetic images, so the known-answer check is off here
+    (tests/evals/test_validity.py runs it against the scripted server)."""
+    config = {
         "name": "synthetic",
         "out_dir": str(tmp / "out"),
         "suites": [str(suite)],
         "arms": [{"name": "plain", "kind": "plain"}, {"name": "agent", "kind": "plain"}],
         "baseline": "plain",
         "concurrency": 4,
-        "metrics": {"enabled": ["requirements", "pairwise", "cost"]},
+        "metrics": {"enabled": ["requirements", "pairwise", "cost"], "check": False},
         "settings": {"artifacts": {"root": str(tmp / "artifacts")}},
         "report": {"bootstrap": 1000},
         **extra,
     }
+    config["metrics"] = {"check": False, **config["metrics"]}
+    return config
 
 
 def chromium_path() -> str | None:

@@ -124,7 +124,27 @@ def test_the_example_config_validates_and_its_arms_build_settings() -> None:
     assert kinds["plain"] == "plain" and kinds["trained"] == "trained"
     base = eval_settings(config)
     trained = arm_settings(config.arm("trained"), base)
-    assert trained.agent.react_profile == "gen-searcher" and trained.llm.model == "Gen-Searcher-8B"
+    assert trained.agent.react_profile == "gen-searcher"
+    # only the policy role goes to the trained endpoint; helper roles stay the eval's
+    assert trained.llm.endpoint_for("policy").model == "Gen-Searcher-8B"
+    assert trained.llm.endpoint_for("policy").base_url == "http://localhost:8000/v1"
+    for role in ("checklist", "shorten", "analyze", "synthesize"):
+        assert trained.llm.endpoint_for(role) == base.llm.endpoint_for(role)
     # every arm keeps the eval's critic, whatever endpoint it brings
     critics = {arm_settings(a, base).llm.base_url_for("critique") for a in config.arms}
     assert critics == {"http://localhost:8002/v1"}
+
+
+def test_limit_runs_a_smoke_subset_and_an_arm_without_images_exits_1(tmp_path: Path) -> None:
+    config = _imported_eval(tmp_path, "lim", 10)
+    result = runner.invoke(eval_app, ["run", str(config), "--no-progress", "--limit", "2"])
+    assert result.exit_code == 0, result.output
+    assert "base: done 2" in result.output
+    # an arm whose every image is missing produced no result: exit 1, saying which arm
+    manifest = tmp_path / "lim-images" / "manifest.jsonl"
+    manifest.write_text(manifest.read_text().replace('.png"', '-gone.png"'))
+    gone = runner.invoke(
+        eval_app, ["run", str(config), "--no-progress", "-o", str(tmp_path / "o2")]
+    )
+    assert gone.exit_code == 1
+    assert "no image from arm(s) base, other" in gone.output

@@ -267,8 +267,10 @@ def test_config_keeps_the_comparison_fair_and_catches_typos(tmp_path: Path) -> N
         Settings(),
     )
     assert trained.agent.react_profile == "gen-searcher" and trained.llm.policy_vision
-    assert trained.llm.model == "Gen-Searcher-8B"
-    assert trained.llm.base_url == "http://127.0.0.1:9/v1"
+    assert trained.llm.endpoint_for("policy").model == "Gen-Searcher-8B"
+    assert trained.llm.endpoint_for("policy").base_url == "http://127.0.0.1:9/v1"
+    # only the policy: the helper roles keep the eval's endpoint (here the embedded server)
+    assert trained.llm.endpoint_for("checklist").base_url is None
     # the critic stays the eval's even though the arm brings its own endpoint
     with_critic = Settings().merged(
         {"llm": {"base_url": "http://127.0.0.1:8/v1", "critique_model": "vlm"}}

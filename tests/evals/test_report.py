@@ -61,6 +61,27 @@ def test_markdown_links_files_that_exist_and_escapes_table_cells(tmp_path: Path)
     assert "## Paired against `plain`" in md and "requirements ↑" in md
     assert "piped" in md and "\\| piped" in md  # a pipe in a prompt cannot break the table
     assert "synthetic failure" in md and "same seeds (0, 1)" in md
+    # no raw HTML from a run reaches the Markdown (issue 22.10)
+    assert "<b>grounded</b>" not in md and "&lt;b&gt;grounded&lt;/b&gt;" in md
+
+
+@pytest.mark.parametrize("payload", ["<script>alert(1)</script>", "<img src=x onerror=y>"])
+def test_hostile_strings_are_escaped_in_both_reports(tmp_path: Path, payload: str) -> None:
+    suite = write_synthetic_suite(tmp_path / "synthetic-v1.jsonl", n=2)
+    oracle = Oracle()
+    store = ArtifactStore(tmp_path / "artifacts")
+    arms = {
+        "plain": SyntheticArm("plain", store, oracle, base_passes),
+        "agent": SyntheticArm(
+            "agent", store, oracle, base_passes, gen_prompt=lambda p: f"{p.prompt} {payload}"
+        ),
+    }
+    raw = synthetic_config(tmp_path, suite, name=f"x[/y] {payload}")
+    result = run_eval(parse_config(raw), arms=arms, judge=OracleJudge(oracle), progress=True)
+    assert result.report_md and result.report_html
+    for text in (result.report_md.read_text(), result.report_html.read_text()):
+        assert payload not in text
+        assert payload.replace("<", "&lt;").replace(">", "&gt;") in text
 
 
 @pytest.mark.slow

@@ -91,10 +91,13 @@ async def test_record_then_replay_offline_gives_identical_evidence(
     assert all(store_b.exists(i.sha256) for i in hits_b)
     assert page2.ok and page2.items == page.items
 
-    [unknown] = await tk.search(["something never recorded"])
-    assert not unknown.ok and "was not recorded" in (unknown.error or "")
-    lost = await tk.browse(world.url + "/not-recorded", "zephyr")
-    assert not lost.ok and "was not recorded" in (lost.error or "")
+    # a question the recording never saw fails loudly (ReplayMiss), never going online
+    from tools.toolkit import ReplayMiss
+
+    with pytest.raises(ReplayMiss, match="was not recorded"):
+        await tk.search(["something never recorded"])
+    with pytest.raises(ReplayMiss, match="was not recorded"):
+        await tk.browse(world.url + "/not-recorded", "zephyr")
     assert world.hits == hits_after_record  # replay never touched the network
     assert (tmp_path / "ddgs.log").read_text().splitlines() == searches_recorded
     await replay.aclose()
@@ -108,3 +111,46 @@ def test_replaying_a_missing_snapshot_says_how_to_make_one(tmp_path: Path) -> No
     bad.write_bytes(b"not sqlite at all" * 100)
     with pytest.raises(SnapshotError, match="not a snapshot file"):
         SnapshotCache(bad, "replay", store)
+
+
+def test_the_report_claims_determinism_only_when_the_replay_reproduced(tmp_path: Path) -> None:
+    from evals import parse_config
+    from evals.report import fairness_lines
+    from evals.snapshot import compare_replay, fingerprint
+
+    out = {
+        "observations": [
+            {"tool": "image_search", "query": "q", "ok": True, "images": ["IMG_001", "IMG_002"]}
+        ],
+        "rounds": [{"action": "finish", "score": 0.9, "passed": [True]}],
+    }
+    swapped = {
+        **out,
+        "observations": [{**out["observations"][0], "images": ["IMG_002", "IMG_001"]}],
+    }
+    flipped = {**out, "rounds": [{"action": "finish", "score": 0.9, "passed": [False]}]}
+    recorded = {"a|p|0": fingerprint(out), "a|p|1": fingerprint(out)}
+    same = compare_replay(recorded, {"a|p|0": fingerprint(out), "a|p|1": fingerprint(out)})
+    assert same["compared"] == same["reproduced"] == 2
+    worse = compare_replay(recorded, {"a|p|0": fingerprint(swapped), "a|p|1": fingerprint(flipped)})
+    assert worse["reproduced"] == 0 and worse["differences"] == ["a|p|0", "a|p|1"]
+
+    from evals.store import ResultStore
+
+    config = parse_config(
+        {
+            "out_dir": str(tmp_path / "out"),
+            "suites": ["knowledge-v1"],
+            "arms": [{"name": "a", "kind": "plain"}],
+            "replay": str(tmp_path / "snap"),
+        }
+    )
+    store = ResultStore(tmp_path / "out" / "results.sqlite")
+    store.set_meta("replay_check", worse)
+    store.close()
+    lines = " ".join(fairness_lines(config, []))
+    assert "NOT deterministic: 2 of 2 items differ" in lines and "(deterministic)" not in lines
+    store = ResultStore(tmp_path / "out" / "results.sqlite")
+    store.set_meta("replay_check", same)
+    store.close()
+    assert "(deterministic)" in " ".join(fairness_lines(config, []))

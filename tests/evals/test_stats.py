@@ -35,7 +35,7 @@ def test_no_effect_ci_covers_zero_about_95_percent_of_200_simulated_suites() -> 
     _, lo, hi = bootstrap_mean_ci(deltas, n_boot=2000, rng=7)
     assert lo.shape == (200,)
     coverage = float(((lo <= 0) & (hi >= 0)).mean())
-    # binomial sd at 200 suites is 1.5 points; the percentile bootstrap runs a little narrow
+    # binomial sd at 200 suites is 1.5 points (BCa: 0.955 here; the former percentile 0.935)
     assert 0.90 <= coverage <= 0.99, coverage
 
 

@@ -69,7 +69,7 @@ def test_geneval_metadata_becomes_count_colour_and_position_questions(tmp_path: 
     assert bench.id == "00000" and bench.category == "single_object"
     assert bench.requirements[0].question == "Does the image show a bench?"
     assert clocks.requirements[0].question == "Does the image show exactly three clocks?"
-    assert clocks.requirements[-1].question == "Does the image show fewer than 4 clock?"
+    assert clocks.requirements[-1].question == "Does the image show fewer than four clocks?"
     assert [r.question for r in colours.requirements if r.kind == "color"] == [
         "Is the suitcase in the image purple?",
         "Is the pizza in the image orange?",
@@ -78,20 +78,26 @@ def test_geneval_metadata_becomes_count_colour_and_position_questions(tmp_path: 
     assert rel.question == "Is the apple right of the bowl?"
 
 
-def test_t2i_compbench_txt_files_one_prompt_a_line(tmp_path: Path) -> None:
+def test_t2i_compbench_published_folder_loads_with_its_split(tmp_path: Path) -> None:
+    # the published layout: <category>_train.txt and <category>_val.txt side by side
+    (tmp_path / "color_train.txt").write_text("a green bench and a red car\na pink cup\n")
     (tmp_path / "color_val.txt").write_text("a green bench and a red car\n\na blue bowl\n")
     (tmp_path / "spatial_val.txt").write_text("a cat on the left of a dog\n")
-    suite = load_suite(tmp_path, fmt="t2i-compbench")
-    assert [p.id for p in suite.prompts] == ["color-0000", "color-0001", "spatial-0000"]
-    assert suite.prompts[2].category == "spatial"
+    suite = load_suite(tmp_path, fmt="t2i-compbench")  # evaluations use val
+    assert [p.id for p in suite.prompts] == ["color-val-0000", "color-val-0001", "spatial-val-0000"]
+    assert suite.prompts[2].category == "spatial" and suite.prompts[0].meta["split"] == "val"
     assert suite.prompts[0].requirements[0].question == (
         'Does the image show "a green bench and a red car"?'
     )
+    everything = load_suite(tmp_path, fmt="t2i-compbench", split="all")  # no "ids repeat"
+    assert len(everything.prompts) == 5
+    assert {p.meta["split"] for p in everything.prompts} == {"train", "val"}
+    assert len(load_suite(tmp_path, split="train").prompts) == 2
     single = load_suite(tmp_path / "color_val.txt")
     assert single.format == "t2i-compbench" and len(single.prompts) == 2
 
 
-def test_wise_json_explanation_becomes_the_requirement(tmp_path: Path) -> None:
+def test_wise_explanation_goes_to_the_judge_not_to_word_matching(tmp_path: Path) -> None:
     data = [
         {
             "prompt_id": 1,
@@ -101,14 +107,18 @@ def test_wise_json_explanation_becomes_the_requirement(tmp_path: Path) -> None:
             "Subcategory": "Festival",
         },
         {"prompt_id": 2, "Prompt": "The tallest animal in the world"},
+        {"prompt_id": 700, "Prompt": "x", "Explanation": "y", "Answer": "giraffe"},
     ]
-    (tmp_path / "cultural_common_sense.json").write_text(json.dumps(data))
-    suite = load_suite(tmp_path / "cultural_common_sense.json")
-    assert suite.format == "wise"
-    moon, tall = suite.prompts
-    assert moon.id == "1" and moon.category == "Festival"
-    assert moon.requirements[0].kind == "knowledge"
-    assert "Mooncakes" in moon.requirements[0].question and moon.requirements[0].fact
+    (tmp_path / "merge.json").write_text(json.dumps(data))
+    suite = load_suite(tmp_path / "merge.json")
+    assert suite.format == "wise" and suite.protocol and suite.protocol.name == "WISE_Verified"
+    moon, tall, bio = suite.prompts
+    assert moon.id == "1" and moon.category == "CULTURE" and moon.tags == ["Festival"]
+    assert "Mooncakes" in moon.requirements[0].question
+    # the Explanation restates the riddle: it is no fact for word matching; an answer entity
+    # counts only where the file gives one
+    assert moon.requirements[0].fact == "" and bio.requirements[0].fact == "giraffe"
+    assert bio.category == "BIOLOGY"
     assert tall.requirements[0].id == "prompt"
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from core.artifacts import ArtifactStore
 from generators.settings import GeneratorSettings
-from generators.worker_process import WorkerProcess as WorkerProc
+from tests.support.worker_process import WorkerProcess as WorkerProc
 
 
 @pytest.fixture(scope="session")

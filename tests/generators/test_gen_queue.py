@@ -18,9 +18,9 @@ import redis
 
 from core.artifacts import ArtifactStore
 from generators.base import GenerationCancelled, GenerationRequest, GeneratorError
-from generators.queue import QueueGenerator
+from generators.queue.client import QueueGenerator
 from generators.settings import GeneratorSettings, QueueSettings
-from generators.worker_process import WorkerProcess as WorkerProc
+from tests.support.worker_process import WorkerProcess as WorkerProc
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
@@ -183,7 +183,7 @@ async def test_timeout_says_no_worker(redis_url: str, store: ArtifactStore) -> N
 
 
 async def test_unreachable_redis_message(store: ArtifactStore) -> None:
-    from generators.redis_server import free_port
+    from tests.support.redis_server import free_port
 
     url = f"redis://127.0.0.1:{free_port()}/0"
     q = QueueGenerator(QueueSettings(redis_url=url), store)
@@ -308,7 +308,7 @@ async def test_worker_batches_compatible_jobs(
 ) -> None:
     """Jobs sharing model/size/steps run as one pipeline call, each with its own seed."""
     from generators.diffusers_backend import DiffusersGenerator
-    from generators.worker import Worker
+    from generators.queue.worker import Worker
 
     prefix = f"batch{uuid.uuid4().hex[:6]}"
     qs = qsettings(redis_url, prefix, block_ms=100)

@@ -16,7 +16,7 @@ import typer
 from typer.testing import CliRunner
 
 from cli.worker import worker
-from generators.worker_process import WorkerProcess
+from tests.support.worker_process import WorkerProcess
 
 EVIL = "\x1b[2J\x1b]0;pwned\x07[bold red]boom[/]\x9b31m\u202e"
 RAW = re.compile("[\x1b\x07\x9b\u202e]")

@@ -32,10 +32,10 @@ from generators.base import (
     ProgressCallback,
 )
 from generators.noop import NoopGenerator
-from generators.queue import QueueGenerator
+from generators.queue.client import QueueGenerator
+from generators.queue.worker import StepClock, Worker, retryable
 from generators.settings import QueueSettings
-from generators.worker import StepClock, Worker, retryable
-from generators.worker_process import REPO
+from tests.support.worker_process import REPO
 
 pytestmark = [pytest.mark.redis]
 
@@ -113,7 +113,7 @@ VICTIM = """
 import asyncio, sys
 from core.artifacts import ArtifactStore
 from generators.settings import QueueSettings
-from generators.worker import Worker
+from generators.queue.worker import Worker
 from tests.generators.test_queue_faults import ScriptedGenerator
 
 settings = QueueSettings.model_validate_json(sys.argv[1])

@@ -21,10 +21,10 @@ import pytest
 from core.artifacts import ArtifactStore
 from generators.base import GenerationRequest, JobLostError
 from generators.noop import NoopGenerator
-from generators.queue import QueueGenerator
-from generators.redis_server import RedisServer
+from generators.queue.client import QueueGenerator
+from generators.queue.worker import Worker
 from generators.settings import QueueSettings
-from generators.worker import Worker
+from tests.support.redis_server import RedisServer
 
 pytestmark = [pytest.mark.redis]
 

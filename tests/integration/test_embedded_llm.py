@@ -21,11 +21,12 @@ from pathlib import Path
 import pytest
 from langgraph.runtime import Runtime
 
+from agent.contracts import GapReport
 from agent.embedded_llm import EmbeddedLLMServer, spawn_guarded
 from agent.services import Services
 from agent.settings import RunContext, Settings
 from agent.stage import node
-from agent.stages.analyze import GapReport, analyze
+from agent.stages.analyze import analyze
 
 REPO = Path(__file__).resolve().parents[2]
 needs_llama = pytest.mark.skipif(

@@ -97,6 +97,9 @@ async def test_langgraph_dev_serves_schemas_and_completes_a_run(
         assert isinstance(result, dict)
         assert result["grounded"]["gen_prompt"] == "a red apple on a table"
         assert result["image"]["image"]["sha256"]
+        # The server's runs leave a run folder, as the CLI's do.
+        (run_dir,) = list((tmp_path / "runs").iterdir())
+        assert (run_dir / "run.json").exists() and (run_dir / "image.png").exists()
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:

@@ -16,6 +16,7 @@ from agent.settings import RunContext, Settings
 from agent.state import RunOutput
 from graphs import build_graph
 from tests.support.scripted_llm import ScriptedLLM
+from tests.support.stage_paths import expected_stages
 from tests.support.web import FakeDDGS, WebServer, install_fake_ddgs, png_bytes
 
 pytestmark = pytest.mark.slow
@@ -98,7 +99,9 @@ async def test_no_gaps_skips_research_and_synthesis_llm(
 ) -> None:
     scripted_llm.add("GapReport", {"gaps": []})
     state = await _run(services, "a red apple on a table", thread="nogaps")
-    assert _stages(state) == ["intake", "analyze", "synthesize", "generate", "critique", "finish"]
+    assert _stages(state) == expected_stages(
+        "planned", "intake", "analyze", "synthesize", "critique", "finish"
+    )
     assert state["grounded"]["gen_prompt"] == "a red apple on a table"
     assert scripted_llm.calls("GroundedPrompt") == []
 
@@ -221,7 +224,9 @@ async def test_chat_refines_the_last_image_on_the_same_thread(
     scripted_llm.add("GroundedPrompt", {"gen_prompt": "a lighthouse on a cliff at night"})
     second = await _run(services, "make it night", thread="chat")
     assert second["turn"] == 2 and second["intent"] == "refine"
-    assert _stages(second, turn=2) == ["intake", "refine", "generate", "critique", "finish"]
+    assert _stages(second, turn=2) == expected_stages(
+        "planned", "intake", "refine", "critique", "finish"
+    )
     assert second["image"]["mode"] == "img2img"
     assert second["image"]["image"]["sha256"] != first_sha
     assert "make it night" in scripted_llm.calls("GroundedPrompt")[0]["messages"][-1]["content"]

@@ -9,11 +9,11 @@ import pytest
 from PIL import Image
 from pydantic import ValidationError
 
+from agent.layout import LayoutPlan, several_subjects
+from agent.prompt_fit import Encoder, fit_prompt
 from agent.services import Services
 from agent.settings import Settings
 from agent.stage import StageRun
-from agent.stages.layout import LayoutPlan, several_subjects
-from agent.stages.synthesize import Encoder, fit_prompt
 from generators.base import GenerationRequest
 from generators.prompt_budget import PromptBudget
 from graphs.runner import Runner

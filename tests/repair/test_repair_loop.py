@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from agent.stages.critique import Verdict, decide, verdict_schema
-from agent.stages.refine import merge_instruction
+from agent.contracts import Verdict, verdict_schema
+from agent.prompt_fit import merge_instruction
+from agent.stages.critique import decide
 from core.artifacts import ArtifactStore
 from generators.base import GenerationRequest
 from graphs.runner import Runner

@@ -53,6 +53,8 @@ class FakeRunner:
     values_map: dict[str, dict[str, Any]] = field(default_factory=dict)
     pending_error: str | None = None
     entered: bool = False
+    discarded: list[str] = field(default_factory=list)
+    edits: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     _images: dict[tuple[Any, ...], ArtifactRef] = field(default_factory=dict)
 
@@ -78,6 +80,17 @@ class FakeRunner:
 
     async def values(self, thread_id: str, policy: Any = "planned") -> dict[str, Any]:
         return self.values_map.get(thread_id, {})
+
+    async def discard(self, thread_id: str, policy: Any = "planned") -> None:
+        self.discarded.append(thread_id)
+        self.pending_map.pop(thread_id, None)
+
+    async def seed_edit(
+        self, thread_id: str, policy: Any, prompt: str, image: dict[str, Any]
+    ) -> None:
+        self.edits[thread_id] = image
+        self.values_map[thread_id] = {"request": prompt, "turn": 0}
+        self.pending_map[thread_id] = ("refine",)
 
     async def run(
         self,

@@ -187,6 +187,22 @@ def test_images_bad_input_is_400_in_openai_shape(
     assert r.json()["error"]["param"] == param
 
 
+@pytest.mark.parametrize(
+    "payload",
+    [{"prompt": 5}, {"n": 1}, {"prompt": "x", "response_format": "gif"}, {"prompt": ["x"]}],
+)
+def test_images_validation_errors_are_400_in_openai_shape(
+    alice: httpx.Client, payload: dict[str, object]
+) -> None:
+    """OpenAI answers a malformed request with 400 and {"error": {...}}, never FastAPI's 422
+    with a `detail` list: the official client raises BadRequestError on it."""
+    r = alice.post("/v1/images/generations", json=payload)
+    assert r.status_code == 400, r.text
+    assert set(r.json()) == {"error"}
+    assert set(r.json()["error"]) == {"message", "type", "param", "code"}
+    assert r.json()["error"]["type"] == "invalid_request_error"
+
+
 def test_images_failed_run_is_502_with_its_run_id(alice: httpx.Client) -> None:
     r = alice.post("/v1/images/generations", json={"prompt": "this will fail"})
     assert r.status_code == 502
@@ -240,6 +256,13 @@ def test_oversized_body_is_413_with_or_without_content_length(start_server: Star
 
     r = httpx.post(server.url + "/v1/runs", content=chunks(), headers=auth())
     assert r.status_code == 413
+    # both in the OpenAI error shape (JSON), not Starlette's text/plain
+    for path in ("/v1/runs", "/v1/images/generations"):
+        r = httpx.post(server.url + path, content=big, headers=auth())
+        assert r.status_code == 413 and r.headers["content-type"] == "application/json"
+        error = r.json()["error"]
+        assert error["code"] == "request_too_large" and "1024 bytes" in error["message"]
+        assert set(error) == {"message", "type", "param", "code"}
 
 
 def test_request_rate_limit_is_429_with_retry_after(start_server: StartServer) -> None:
@@ -278,7 +301,14 @@ def test_health_and_readiness(start_server: StartServer) -> None:
     assert httpx.get(server.url + "/healthz").json() == {"status": "ok"}
     ready = httpx.get(server.url + "/readyz")
     assert ready.status_code == 200, ready.text
-    assert set(ready.json()["checks"]) == {"llm", "redis", "worker", "store"}
+    assert set(ready.json()["checks"]) == {
+        "llm",
+        "redis",
+        "worker",
+        "store",
+        "artifacts",
+        "checkpoints",
+    }
     down = start_server(redis_url="redis://127.0.0.1:1/0", probe_timeout_s=1)
     r = httpx.get(down.url + "/readyz")
     assert r.status_code == 503 and not r.json()["checks"]["redis"]["ok"]
@@ -311,3 +341,85 @@ def test_openapi_spec_and_page_are_served(server: LiveServer) -> None:
     assert "HTTPBearer" in spec["components"]["securitySchemes"]
     page = httpx.get(server.url + "/")
     assert page.status_code == 200 and "EventSource cannot send headers" in page.text
+
+
+# -- OpenAI images.edit (the official client's test is in test_service_real.py) -------------
+def _png(size: tuple[int, int] = (40, 24)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, (10, 20, 30)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_images_edit_edits_the_upload(alice: httpx.Client, factory: FakeFactory) -> None:
+    r = alice.post(
+        "/v1/images/edits",
+        files={"image": ("in.png", _png(), "image/png")},
+        data={"prompt": "make it night", "size": "128x64", "response_format": "b64_json"},
+    )
+    assert r.status_code == 200, r.text
+    run_id = r.headers["X-Groundwork-Run-Ids"]
+    assert factory.runner is not None
+    upload = factory.runner.edits[run_id]["image"]
+    assert (upload["width"], upload["height"]) == (40, 24)
+    assert factory.runner.calls[0]["request"] is None  # resumed its seeded thread
+    # the upload belongs to this token only
+    assert alice.get(f"/v1/artifacts/{upload['sha256']}").status_code == 200
+    bob = httpx.get(
+        str(alice.base_url.join(f"/v1/artifacts/{upload['sha256']}")), headers=auth(BOB)
+    )
+    assert bob.status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("files", "data", "param"),
+    [
+        ({}, {"prompt": "x"}, "image"),
+        ({"image": ("a.png", b"GIF89a not really", "image/png")}, {"prompt": "x"}, "image"),
+        ({"image": ("a.png", _png(), "image/png")}, {"prompt": " "}, "prompt"),
+        ({"image": ("a.png", _png(), "image/png")}, {"prompt": "x", "n": "²"}, "n"),
+        ({"image": ("a.png", _png(), "image/png")}, {"prompt": "x", "n": "99"}, "n"),
+        ({"image": ("a.png", _png(), "image/png")}, {"prompt": "x", "size": "9x9"}, "size"),
+        (
+            {"image": ("a.png", _png(), "image/png"), "mask": ("m.png", _png(), "image/png")},
+            {"prompt": "x"},
+            "mask",
+        ),
+    ],
+)
+def test_images_edit_refuses_bad_uploads_with_400(
+    alice: httpx.Client, files: dict[str, object], data: dict[str, str], param: str
+) -> None:
+    r = alice.post("/v1/images/edits", files=files or {"other": ("o", b"o")}, data=data)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == param
+
+
+def test_images_edit_refuses_a_decompression_bomb_and_json(alice: httpx.Client) -> None:
+    buf = io.BytesIO()
+    Image.new("1", (20000, 20000)).save(buf, format="PNG")  # tiny file, 400 M pixels
+    r = alice.post(
+        "/v1/images/edits",
+        files={"image": ("bomb.png", buf.getvalue(), "image/png")},
+        data={"prompt": "make it night"},
+    )
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_image"
+    r = alice.post("/v1/images/edits", json={"prompt": "x"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "Content-Type"
+
+
+def test_images_edit_upload_limit_is_its_own(start_server: StartServer) -> None:
+    server = start_server(max_upload_bytes=4096)
+    with httpx.Client(base_url=server.url, headers=auth()) as c:
+        r = c.post(
+            "/v1/images/edits",
+            files={"image": ("big.png", b"\x00" * 8000, "image/png")},
+            data={"prompt": "x"},
+        )
+        assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+        # the upload limit (4 KiB here) is above the 64 KiB JSON limit by default; a small
+        # upload passes the route's limit
+        assert c.post(
+            "/v1/images/edits",
+            files={"image": ("s.png", _png(), "image/png")},
+            data={"prompt": "x"},
+        ).status_code in (200, 502)

@@ -189,3 +189,79 @@ def test_sigkill_mid_run_then_restart_resumes_the_run(
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+def test_a_cancelled_run_continues_with_a_message_or_resumes(
+    start_server: StartServer, real_settings: Settings, scripted_llm: ScriptedLLM
+) -> None:
+    """Issue 21.9: a cancelled turn leaves unfinished work on the thread; a message starts the
+    next turn (it used to be refused with "run it without a prompt"), and /resume finishes the
+    cancelled turn from its checkpoint instead."""
+    scripted_llm.add("GapReport", NO_GAPS, NO_GAPS, NO_GAPS, NO_GAPS)
+    hold = scripted_llm.block("GapReport")
+    server = start_server(settings=real_settings, real=True)
+    with httpx.Client(base_url=server.url, headers=auth(), timeout=60) as c:
+        continued = c.post("/v1/runs", json={"prompt": PROMPT}).json()["id"]
+        assert scripted_llm.arrived["GapReport"].wait(60)
+        assert c.delete(f"/v1/runs/{continued}").json()["status"] == "cancelled"
+        scripted_llm.arrived["GapReport"].clear()
+        resumed = c.post("/v1/runs", json={"prompt": "a blue pear"}).json()["id"]
+        assert scripted_llm.arrived["GapReport"].wait(60)
+        assert c.delete(f"/v1/runs/{resumed}").json()["status"] == "cancelled"
+        hold.set()
+
+        r = c.post(f"/v1/runs/{continued}/messages", json={"message": "a green pear"})
+        assert r.status_code == 202, r.text
+        run = wait_status(c, continued, ("done", "failed"), timeout=120)
+        assert run["status"] == "done", run["error"]
+        assert run["turn"] == 2 and run["request"] == "a green pear" and run["image"]
+
+        r = c.post(f"/v1/runs/{resumed}/resume")
+        assert r.status_code == 202, r.text
+        run = wait_status(c, resumed, ("done", "failed"), timeout=120)
+        assert run["status"] == "done", run["error"]
+        assert run["turn"] == 1 and run["request"] == "a blue pear" and run["image"]
+        stages = [s["stage"] for s in run["stages"]]
+        assert stages.count("intake") == 1  # finished stages were not run again
+        assert c.post(f"/v1/runs/{resumed}/resume").status_code == 409  # done: nothing to resume
+        with c.stream("GET", f"/v1/runs/{resumed}/events") as stream:
+            events = read_sse(stream)
+    assert [e["id"] for e in events] == list(range(1, len(events) + 1))
+    statuses = [e["data"]["status"] for e in events if e["event"] == "status"]
+    assert statuses == ["queued", "running", "cancelled", "queued", "running", "done"]
+
+
+def test_official_openai_client_edits_an_image(
+    start_server: StartServer,
+    real_settings: Settings,
+    scripted_llm: ScriptedLLM,
+    tmp_path: Path,
+) -> None:
+    """`client.images.edit(image=..., prompt=...)`: the upload is edited (img2img of that
+    image, as a chat refine), answered in the Images shape with the run behind it."""
+    server = start_server(settings=real_settings, real=True)
+    client = OpenAI(base_url=server.url + "/v1", api_key=ALICE, max_retries=0, timeout=120)
+    source = tmp_path / "source.png"
+    Image.new("RGB", (96, 64), (200, 30, 30)).save(source)
+    with source.open("rb") as f:
+        result = client.images.edit(
+            image=f, prompt="make it night", response_format="b64_json", model="dall-e-2"
+        )
+    data = result.data or []
+    assert len(data) == 1
+    edited = Image.open(io.BytesIO(base64.b64decode(data[0].b64_json or "")))
+    assert edited.format == "PNG" and edited.size == (96, 64)  # the upload's size
+    run = (result.model_extra or {})["groundwork"]["runs"][0]
+    assert run["status"] == "done" and run["kind"] == "image"
+    stages = [s["stage"] for s in run["stages"]]
+    assert stages[0] == "refine" and "generate" in stages  # a refine of the upload
+    assert "analyze" not in stages and "intake" not in stages
+
+    # the OpenAI error shape for what it refuses, raised as the client's own exception types
+    import openai
+
+    with source.open("rb") as f, pytest.raises(openai.BadRequestError) as caught:
+        client.images.edit(image=f, prompt="x", n=50)
+    assert caught.value.body and caught.value.param == "n"  # type: ignore[attr-defined]
+    with pytest.raises(openai.BadRequestError):
+        client.images.edit(image=("x.png", b"not an image", "image/png"), prompt="make it night")

@@ -91,3 +91,36 @@ def test_serve_without_tokens_says_how_to_set_them(monkeypatch: pytest.MonkeyPat
     result = CliRunner().invoke(app, ["--port", "1"])
     assert result.exit_code == 2
     assert "GROUNDWORK_SERVICE__TOKENS" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+async def test_request_limit_is_a_moving_window_with_no_burst_at_the_boundary(
+    backend: str, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> None:
+    """A fixed one-minute window let a client spend its budget at 0:59.9 and again at 1:00.1
+    (2x in 0.2 s); the moving window counts the last 60 s wherever the minute boundary is."""
+    import uuid
+
+    from service.limits import Limiter, RedisLimiter
+
+    clock = {"now": (time.time() // 60 + 1) * 60 - 0.1}  # 0.1 s before a minute boundary
+    monkeypatch.setattr(time, "time", lambda: clock["now"])
+    limiter: Limiter
+    if backend == "memory":
+        limiter = MemoryLimiter(per_minute=5, max_runs=1, run_ttl_s=60)
+    else:
+        url = request.getfixturevalue("redis_url")
+        prefix = f"gw-unit-{uuid.uuid4().hex[:8]}"
+        limiter = RedisLimiter(url, prefix=prefix, per_minute=5, max_runs=1, run_ttl_s=60)
+    try:
+        for _ in range(5):
+            await limiter.hit("alice")
+        clock["now"] += 0.2  # across the boundary: a fixed window would start afresh here
+        with pytest.raises(LimitExceeded) as caught:
+            await limiter.hit("alice")
+        assert 59 <= caught.value.retry_after <= 60  # the oldest hit leaves the window then
+        await limiter.hit("bob")  # per token
+        clock["now"] += 60.0  # a full minute later the window has moved past all five
+        await limiter.hit("alice")
+    finally:
+        await limiter.aclose()

@@ -23,7 +23,7 @@ from collections import defaultdict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-_REPLY_KEYS = frozenset({"tool_calls", "content", "usage"})
+_REPLY_KEYS = frozenset({"tool_calls", "content", "usage", "finish_reason"})
 
 
 def _is_reply_spec(answer: Any) -> bool:
@@ -123,7 +123,8 @@ class ScriptedLLM:
                     }
                     for i, c in enumerate(calls)
                 ]
-            return 200, self._completion(body, message, usage)
+            reason = answer.get("finish_reason")
+            return 200, self._completion(body, message, usage, finish_reason=reason)
         content = answer if isinstance(answer, str) else json.dumps(answer)
         message = {"role": "assistant", "content": content}
         if forced:
@@ -141,7 +142,11 @@ class ScriptedLLM:
         return 200, self._completion(body, message, usage)
 
     def _completion(
-        self, body: dict[str, Any], message: dict[str, Any], usage: dict[str, int]
+        self,
+        body: dict[str, Any],
+        message: dict[str, Any],
+        usage: dict[str, int],
+        finish_reason: str | None = None,
     ) -> dict[str, Any]:
         return {
             "id": f"chatcmpl-{len(self.requests)}",
@@ -152,7 +157,8 @@ class ScriptedLLM:
                 {
                     "index": 0,
                     "message": message,
-                    "finish_reason": "tool_calls" if message.get("tool_calls") else "stop",
+                    "finish_reason": finish_reason
+                    or ("tool_calls" if message.get("tool_calls") else "stop"),
                 }
             ],
             "usage": {**usage, "total_tokens": sum(usage.values())},

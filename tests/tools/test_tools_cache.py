@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from core.artifacts import ArtifactStore
-from generators.redis_server import free_port
+from tests.support.redis_server import free_port
 from tests.tools.conftest import FakeDDGS, tool_settings
 from tools.cache import CacheError, DiskCache, RedisCache, cache_key, make_cache
 from tools.toolkit import Toolkit

@@ -14,19 +14,20 @@ from hypothesis import strategies as st
 from core.artifacts import ArtifactStore
 from tests.tools.conftest import FakeDDGS, LoopServer, tool_settings
 from tools.observations import ImageRegistry, Observation, SearchHit
-from tools.schemas import (
+from tools.registry import (
     ALL_TOOLS,
     ARG_MODELS,
     GEN_SEARCHER_TOOLS,
-    ToolCallError,
     parse_arguments,
     tool_specs,
 )
+from tools.schemas import ToolCallError
 from tools.toolkit import Toolkit
 
 jsonschema = pytest.importorskip("jsonschema")
 
-# Gen-Searcher's tool shapes (PEERS.md), plus knowledge_base: names, types, required, bounds.
+# Gen-Searcher's tool shapes (its agent's schema), plus knowledge_base: names, types,
+# required, bounds.
 EXPECTED = {
     "search": (
         ["queries"],

@@ -15,16 +15,18 @@ import pytest
 import tools.toolkit as toolkit_module
 from core.artifacts import ArtifactStore
 from tests.tools.conftest import FakeDDGS, LoopServer, png, tool_settings
-from tools.images import DecodedImage, PixelBudget, decode_reduced, probe_size
+from tools.images import DecodeBudget, DecodedImage, decode_image, probe_image
 from tools.observations import ImageHit, ImageRegistry
 from tools.toolkit import Toolkit
 
 SIDE = (300, 200)  # 60k pixels per image
 PIXELS = SIDE[0] * SIDE[1]
+COST = PIXELS * 8  # an RGB PNG: 4 bytes stored + 4 for the RGB copy (retrieval.safe_image)
+BUDGET_MB = 1  # 1,000,000 bytes: two such images at once, not three
 
 
 class DecodeMeter:
-    """Wraps the toolkit's decode: sums the full-resolution pixels being decoded right now."""
+    """Wraps the toolkit's decode: sums the decode cost (bytes) being decoded right now."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -32,17 +34,17 @@ class DecodeMeter:
         self.peak = 0
         self.kept_sides: list[int] = []
 
-    def __call__(self, data: bytes, max_pixels: int, max_side: int) -> DecodedImage:
-        w, h = probe_size(data)
+    def __call__(self, data: bytes, formats: Any, **kw: Any) -> DecodedImage:
+        cost = probe_image(data, formats, max_pixels=kw["max_pixels"]).decoded_bytes
         with self.lock:
-            self.now += w * h
+            self.now += cost
             self.peak = max(self.peak, self.now)
         try:
             time.sleep(0.05)  # make overlapping decodes overlap for sure
-            out = decode_reduced(data, max_pixels, max_side)
+            out = decode_image(data, formats, **kw)
         finally:
             with self.lock:
-                self.now -= w * h
+                self.now -= cost
         self.kept_sides.append(max(out.image.size))
         return out
 
@@ -50,7 +52,7 @@ class DecodeMeter:
 @pytest.fixture
 def meter(monkeypatch: pytest.MonkeyPatch) -> DecodeMeter:
     m = DecodeMeter()
-    monkeypatch.setattr(toolkit_module, "decode_reduced", m)
+    monkeypatch.setattr(toolkit_module, "decode_image", m)
     return m
 
 
@@ -69,7 +71,7 @@ def _kit(tmp_path: Path, server: LoopServer, **kw: Any) -> Toolkit:
         tmp_path,
         [server.host_port],
         cache_enabled=False,
-        max_decoded_pixels=2 * PIXELS,
+        max_decoded_mb=BUDGET_MB,
         work_image_px=64,
         thumbnail_px=16,
         phash_max_distance=0,
@@ -89,9 +91,9 @@ async def test_one_call_holds_a_bounded_number_of_decoded_pixels(
         await kit.aclose()
     assert obs.ok, obs.error
     assert len(meter.kept_sides) == 8
-    assert meter.peak <= 2 * PIXELS, f"{meter.peak} decoded pixels at once"
+    assert meter.peak <= 2 * COST, f"{meter.peak} decoded pixels at once"
     assert max(meter.kept_sides) <= 64, "only a reduced copy is kept after the decode"
-    assert kit.pixels.held == 0
+    assert kit.decode_budget.held == 0
     hits = [h for h in obs.items if isinstance(h, ImageHit)]
     assert {(h.width, h.height) for h in hits} == {SIDE}  # the original's size is reported
 
@@ -111,8 +113,8 @@ async def test_concurrent_calls_share_one_bound(
         await kit.aclose()
     assert all(o.ok for o in results), [o.error for o in results]
     assert len(meter.kept_sides) == 16
-    assert meter.peak <= 2 * PIXELS, f"{meter.peak} decoded pixels at once across calls"
-    assert kit.pixels.peak <= kit.pixels.capacity and kit.pixels.held == 0
+    assert meter.peak <= 2 * COST, f"{meter.peak} decoded pixels at once across calls"
+    assert kit.decode_budget.peak <= kit.decode_budget.capacity and kit.decode_budget.held == 0
 
 
 async def test_a_bomb_is_refused_without_waiting_for_the_budget(
@@ -133,7 +135,7 @@ async def test_a_bomb_is_refused_without_waiting_for_the_budget(
 
 
 async def test_budget_is_fifo_clamped_and_survives_cancellation() -> None:
-    budget = PixelBudget(100)
+    budget = DecodeBudget(100)
     order: list[str] = []
 
     async def take(name: str, n: int, hold: float) -> None:

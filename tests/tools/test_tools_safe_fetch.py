@@ -209,14 +209,14 @@ def test_png_decompression_bomb_is_refused_without_decoding() -> None:
 
 def test_truncated_and_fake_images_are_refused() -> None:
     good = png((9, 9, 9), size=(200, 200))
-    assert decode_image(good, 10**6).width == 200
+    assert decode_image(good, max_pixels=10**6).width == 200
     with pytest.raises(ImageRejected):
-        decode_image(good[: len(good) // 2], 10**6)
+        decode_image(good[: len(good) // 2], max_pixels=10**6)
     with pytest.raises(ImageRejected):
-        decode_image(b"<!doctype html><p>hi</p>", 10**6)
+        decode_image(b"<!doctype html><p>hi</p>", max_pixels=10**6)
     svg = b'<svg xmlns="http://www.w3.org/2000/svg"><script>alert(1)</script></svg>'
     with pytest.raises(ImageRejected):
-        decode_image(svg, 10**6)
+        decode_image(svg, max_pixels=10**6)
 
 
 async def test_html_served_as_image_png_is_refused(tmp_path: Path, server: LoopServer) -> None:

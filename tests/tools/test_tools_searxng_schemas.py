@@ -9,7 +9,7 @@ from pathlib import Path
 from core.artifacts import ArtifactStore
 from tests.tools.conftest import FakeDDGS, LoopServer, png, tool_settings
 from tools.observations import ImageHit, ImageRegistry, SearchHit
-from tools.schemas import GEN_SEARCHER_SCHEMAS, TOOL_SCHEMAS
+from tools.registry import GEN_SEARCHER_SCHEMAS, TOOL_SCHEMAS
 from tools.toolkit import Toolkit
 
 

@@ -8,7 +8,7 @@ import io
 import pytest
 from rich.console import Console
 
-from cli import main
+from cli import run as main
 from cli.common import fail
 
 HOSTILE = "[bold red]pwned[/] \x1b[31mred\x1b[0m \x1b]0;title\x07 \u202etxt.exe"

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import pytest
 
+from agent.contracts import Gap, GapReport, outcome_notice
 from agent.gaps import find_candidates, occurs_in
-from agent.stages.analyze import Gap, GapReport, merge_gaps
-from agent.stages.refine import keeps_subject, merge_instruction
-from agent.stages.research import outcome_notice
+from agent.prompt_fit import merge_instruction
+from agent.stages.analyze import merge_gaps
+from agent.stages.refine import keeps_subject
 from tools.observations import Observation
 
 

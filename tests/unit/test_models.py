@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from agent.stages.analyze import Gap
-from agent.stages.synthesize import GroundedPrompt
+from agent.contracts import Gap, GroundedPrompt
 
 
 def test_blank_and_repeated_queries_are_dropped_not_searched() -> None:

@@ -10,6 +10,7 @@ import pytest
 from langchain_core.messages import HumanMessage
 from langchain_openai import ChatOpenAI
 
+from agent.contracts import GapReport, GroundedPrompt, Verdict
 from agent.llm import (
     LLMError,
     Method,
@@ -18,10 +19,7 @@ from agent.llm import (
     make_chat_model,
     structured_call,
 )
-from agent.stages.analyze import GapReport
-from agent.stages.critique import Verdict
 from agent.stages.intake import Intent
-from agent.stages.synthesize import GroundedPrompt
 from tests.support.scripted_llm import ScriptedLLM
 
 GOOD = {"gaps": [{"kind": "entity", "span": "Zephyr X1", "text_queries": ["Zephyr X1 drone"]}]}

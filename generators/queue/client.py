@@ -1,53 +1,27 @@
-"""Generation jobs through Redis Streams: the client side and the protocol shared with workers.
+"""The queue's client side: `QueueGenerator` submits jobs and follows their events.
 
-Why Redis Streams: consumer groups give at-least-once delivery to many GPU workers on many
-hosts, a pending list that survives a worker's death (another worker claims the job once its
-visibility timeout passes without a heartbeat) and no scheduler of our own. At-least-once
-becomes "stored exactly once" because the result key is written with SET NX: a job finished
-twice (a worker presumed dead that was only slow) keeps the first result and counts the second
-as a duplicate.
-
-Cost: every state change is one Lua script, so one round trip, atomic, and safe to retry after
-a lost reply (each carries a token it recognises). A job costs the client one script call and
-one blocking read; the worker one blocking read, one claim script and one settle script that
-stores the result, emits the events, clears the in-flight marker and acknowledges the message.
-
-Keys (P = QueueSettings.key_prefix):
-  <stream>                   job messages {job_id, key, request, submitted_at, reply}
-  <dead_letter_stream>       jobs that failed for good, with their error and attempts
-  P:result:<key>             GenerationResult JSON, TTL result_ttl_s (key = idempotency key)
-  P:inflight:<key>           job_id of the job making <key> now (duplicates attach to it)
-  P:job:<job_id>             hash: state (queued/running/done/dead/cancelled), attempts (runs
-                             started), failures (runs that raised), deaths (runs lost with their
-                             worker), worker, run (claim token), visibility_ms, error, ...
-  P:events:<job_id>          stream of {type: progress|retry|done|failed|cancelled}
-  P:reply:<client>           the same events for every job one client submitted (+ job_id), so
-                             a client follows all its jobs with one blocking read
-  P:cancel:<job_id>          set by cancel(); a running worker stops at the next step
-  P:workers                  zset consumer -> last heartbeat (for "is anyone listening?")
-  P:stats                    hash of counters: submitted, completed, duplicates, retries, ...
-Messages and results carry artifact hashes only; bytes live in the shared ArtifactStore.
+Fully async (redis.asyncio): waiting for a GPU never blocks the agent's event loop. One
+blocking XREAD per client follows every job it waits on (`_EventMux`); an idle read is a
+normal answer, not an outage (see protocol.read_timeout_s), so a client outwaits a busy or
+empty worker pool up to `job_timeout_s` and fails early only when Redis itself stays gone for
+`outage_timeout_s`. The protocol (keys, scripts, connections) is in `generators.queue.protocol`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import RedisError
 
 from core.artifacts import ArtifactStore
 from generators.base import (
@@ -58,192 +32,27 @@ from generators.base import (
     JobLostError,
     ProgressCallback,
 )
+from generators.queue.protocol import (
+    CANCEL,
+    EVENT_BLOCK_MS,
+    EVENTS_MAXLEN,
+    EVENTS_TTL_S,
+    LINK_ERRORS,
+    MAX_VISIBILITY_S,
+    REPLY_TTL_S,
+    SAFETY_CHECK_S,
+    SUBMIT,
+    WORKER_ALIVE_S,
+    Outage,
+    QueueKeys,
+    cancellable,
+    connect,
+    connect_blocking_reader,
+    redis_error,
+)
 from generators.settings import QueueSettings
 
 log = logging.getLogger(__name__)
-
-EVENTS_TTL_S = 24 * 3600
-REPLY_TTL_S = 24 * 3600
-EVENTS_MAXLEN = 1000
-WORKER_ALIVE_S = 30.0
-MAX_VISIBILITY_S = 3600.0
-SAFETY_CHECK_S = 10.0
-"""A waiting client re-reads its job's state this often even when no event comes (events
-expire, a restart can happen between two reads): nothing waits out the job timeout unseen."""
-
-LINK_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
-"""Errors of the link to Redis (down, restarting, loading its AOF), not of a command."""
-
-
-@dataclass(frozen=True)
-class QueueKeys:
-    prefix: str
-    stream: str
-    group: str
-    dead: str
-
-    @classmethod
-    def from_settings(cls, s: QueueSettings) -> QueueKeys:
-        return cls(s.key_prefix, s.stream, s.group, s.dead_letter_stream)
-
-    def result(self, key: str) -> str:
-        return f"{self.prefix}:result:{key}"
-
-    def inflight(self, key: str) -> str:
-        return f"{self.prefix}:inflight:{key}"
-
-    def job(self, job_id: str) -> str:
-        return f"{self.prefix}:job:{job_id}"
-
-    def events(self, job_id: str) -> str:
-        return f"{self.prefix}:events:{job_id}"
-
-    def reply(self, client_id: str) -> str:
-        return f"{self.prefix}:reply:{client_id}"
-
-    def cancel(self, job_id: str) -> str:
-        return f"{self.prefix}:cancel:{job_id}"
-
-    @property
-    def workers(self) -> str:
-        return f"{self.prefix}:workers"
-
-    @property
-    def stats(self) -> str:
-        return f"{self.prefix}:stats"
-
-
-# Submit: return a stored result, or join the identical job in flight, or enqueue a new one (and
-# re-create stream and group if Redis lost them). A retried call finds its own job id and stops.
-SUBMIT = """
-local raw = redis.call('GET', KEYS[1])
-if raw then return {'result', raw} end
-local cur = redis.call('GET', KEYS[2])
-if cur then
-  if cur == ARGV[1] then return {'queued', cur} end
-  return {'attached', cur}
-end
-redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[6])
-if redis.call('EXISTS', KEYS[4]) == 0 then
-  redis.call('XGROUP', 'CREATE', KEYS[4], ARGV[9], '0', 'MKSTREAM')
-end
-redis.call('HSET', KEYS[3], 'state', 'queued', 'key', ARGV[2], 'attempts', 0,
-  'submitted_at', ARGV[3], 'reply', ARGV[5])
-redis.call('EXPIRE', KEYS[3], ARGV[7])
-redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[8], '*', 'job_id', ARGV[1], 'key', ARGV[2],
-  'submitted_at', ARGV[3], 'reply', ARGV[5], 'request', ARGV[4])
-redis.call('HINCRBY', KEYS[5], 'submitted', 1)
-return {'queued', ARGV[1]}
-"""
-
-# Client cancel: a queued job is cancelled on the spot; a running one is flagged for its worker.
-CANCEL = """
-local st = redis.call('HGET', KEYS[1], 'state')
-if not st then return 'unknown' end
-if st == 'done' or st == 'dead' or st == 'cancelled' then return st end
-redis.call('SET', KEYS[2], '1', 'EX', ARGV[1])
-if st == 'queued' then
-  redis.call('HSET', KEYS[1], 'state', 'cancelled', 'error', 'cancelled while queued')
-  redis.call('XADD', KEYS[3], 'MAXLEN', '~', 1000, '*', 'type', 'cancelled',
-    'error', 'cancelled while queued')
-  redis.call('EXPIRE', KEYS[3], ARGV[2])
-  if KEYS[6] then
-    redis.call('XADD', KEYS[6], 'MAXLEN', '~', 1000, '*', 'job_id', ARGV[3], 'type', 'cancelled',
-      'error', 'cancelled while queued')
-    redis.call('EXPIRE', KEYS[6], ARGV[2])
-  end
-  if redis.call('GET', KEYS[4]) == ARGV[3] then redis.call('DEL', KEYS[4]) end
-  redis.call('HINCRBY', KEYS[5], 'cancelled', 1)
-  return 'cancelled'
-end
-return 'cancelling'
-"""
-
-
-T = TypeVar("T")
-
-
-async def cancellable(aw: Awaitable[T]) -> T:
-    """Await a redis call so that cancelling the caller always works.
-
-    redis-py 8 can lose a cancellation that lands while a command is in flight (the command
-    returns normally and the task runs on). Running the call in its own task makes our await
-    the one that is cancelled; the orphaned call ends by itself within its block timeout.
-    """
-    task = asyncio.ensure_future(aw)
-    try:
-        return await asyncio.shield(task)
-    except asyncio.CancelledError:
-        task.cancel()
-        task.add_done_callback(_consume)
-        raise
-
-
-def _consume(task: asyncio.Future[Any]) -> None:
-    if not task.cancelled():
-        task.exception()
-
-
-async def ensure_group(client: aioredis.Redis, keys: QueueKeys) -> None:
-    """Create stream and group at id 0 (idempotent): jobs added before any worker are kept."""
-    try:
-        await client.xgroup_create(keys.stream, keys.group, id="0", mkstream=True)
-    except ResponseError as e:
-        if "BUSYGROUP" not in str(e):
-            raise
-
-
-def is_nogroup(e: BaseException) -> bool:
-    """Redis lost the stream's consumer group (restarted without persistence, or flushed)."""
-    return isinstance(e, ResponseError) and str(e).startswith("NOGROUP")
-
-
-def _retry(settings: QueueSettings) -> Retry:
-    """Reconnect-and-retry for about reconnect_s: rides out a Redis restart (BusyLoadingError,
-    raised while Redis reloads its AOF, is a ConnectionError too)."""
-    backoff = ExponentialBackoff(cap=0.5, base=0.025)
-    retries, total = 0, 0.0
-    while total < settings.reconnect_s and retries < 100:
-        retries += 1
-        total += backoff.compute(retries)
-    return Retry(backoff, retries, supported_errors=(RedisConnectionError, RedisTimeoutError))
-
-
-def connect(settings: QueueSettings) -> aioredis.Redis:
-    """A client whose pool makes bursts wait for a connection instead of failing (redis-py's
-    default pool raises MaxConnectionsError past 100), health-checks connections that sat idle
-    and reconnects and retries a call that met a dead connection (Redis restarted)."""
-    pool = aioredis.BlockingConnectionPool.from_url(
-        settings.redis_url,
-        max_connections=settings.max_connections,
-        timeout=60,
-        decode_responses=True,
-        health_check_interval=15,
-        socket_connect_timeout=2,
-        retry=_retry(settings),
-        retry_on_error=[RedisConnectionError, RedisTimeoutError],
-    )
-    return aioredis.Redis(connection_pool=pool)
-
-
-def connect_blocking_reader(settings: QueueSettings) -> aioredis.Redis:
-    """One dedicated connection for a long blocking read, without automatic retries: its owner
-    must see a broken link to know that a restart happened (and resynchronise)."""
-    return aioredis.Redis.from_url(
-        settings.redis_url,
-        decode_responses=True,
-        single_connection_client=True,
-        socket_connect_timeout=2,
-        retry=Retry(NoBackoff(), 0),
-    )
-
-
-def _redis_error(url: str, e: Exception) -> GeneratorError:
-    return GeneratorError(
-        f"job queue Redis at {url} failed ({type(e).__name__}: {e}); fix: start Redis "
-        "(`docker compose up redis` or `redis-server`), or set GROUNDWORK_QUEUE__REDIS_URL, or "
-        "use GROUNDWORK_GENERATOR__BACKEND=inprocess"
-    )
 
 
 class _Resync:
@@ -289,7 +98,10 @@ class _EventMux:
         self._task: asyncio.Task[None] | None = None
         self._conn: Any = None
         self._closed = False
-        self.outage_since: float | None = None
+        self.outage = Outage(
+            settings.redis_url, logger=log, level=logging.DEBUG, first_s=0.02, max_s=0.5
+        )
+        """The event read's link: down since when (cleared by the next successful read)."""
 
     def own(self, job_id: str) -> None:
         """Route this job's reply events from now on (before its submit call, so none is lost)."""
@@ -359,34 +171,33 @@ class _EventMux:
                 self._drop(job_id)
 
     async def _read(self) -> None:
-        backoff = 0.02
         sub: _Sub | None
         while self._subs and not self._closed:
             streams = {self.reply_key: self._reply_last}
             streams.update({s.stream: s.last for s in self._subs.values() if s.stream})
             try:
                 if self._conn is None:
-                    self._conn = connect_blocking_reader(self.settings)
-                resp = await cancellable(self._conn.xread(streams, block=5000, count=1000))
+                    self._conn = connect_blocking_reader(self.settings, EVENT_BLOCK_MS)
+                resp = await cancellable(
+                    self._conn.xread(streams, block=EVENT_BLOCK_MS, count=1000)
+                )
             except LINK_ERRORS as e:
-                if self.outage_since is None:
-                    self.outage_since = time.monotonic()
-                    log.debug("event read lost its link to Redis (%s); reconnecting", e)
+                # The socket timeout outlasts the block (protocol.read_timeout_s): an idle
+                # read returns None above, so landing here means the link itself is gone.
+                self.outage.failed(e)
                 await self._reset_conn()
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 0.5)
+                await self.outage.pause()
                 continue
             except RedisError as e:
                 for sub in self._subs.values():
                     for q in sub.listeners:
                         q.put_nowait(e)
                 return
-            backoff = 0.02
-            if self.outage_since is not None:
-                self.outage_since = None
+            if self.outage.since is not None:
                 for each in list(self._subs.values()):
                     for q in each.listeners:
                         q.put_nowait(RESYNC)
+            self.outage.ok()  # any answer, an idle one included, proves the link is up
             for stream, entries in resp or []:
                 if stream == self.reply_key:
                     self._reply_last = entries[-1][0]
@@ -507,7 +318,7 @@ class QueueGenerator:
             )
         except RedisError as e:
             mux.disown(job_id)
-            raise _redis_error(s.redis_url, e) from e
+            raise redis_error(s.redis_url, e) from e
         if kind == "queued":
             return JobHandle(job_id, key)
         mux.disown(job_id)
@@ -550,12 +361,11 @@ class QueueGenerator:
                         async with asyncio.timeout(min(deadline, next_check, now + 1.0) - now):
                             item = await events.get()
                     except TimeoutError:
-                        outage = mux.outage_since
-                        if outage is not None and time.monotonic() - outage > s.outage_timeout_s:
-                            raise _redis_error(
+                        if mux.outage.down_for() > s.outage_timeout_s:
+                            raise redis_error(
                                 s.redis_url, RedisConnectionError("unreachable while waiting")
                             ) from None
-                        if outage is None and loop.time() >= next_check:
+                        if mux.outage.since is None and loop.time() >= next_check:
                             next_check = loop.time() + SAFETY_CHECK_S
                             done = await self._check(job_id, key)
                             if done is not None:
@@ -572,7 +382,7 @@ class QueueGenerator:
                     if result is not None:
                         return result
         except RedisError as e:
-            raise _redis_error(s.redis_url, e) from e
+            raise redis_error(s.redis_url, e) from e
 
     async def _check(self, job_id: str, key: str | None) -> GenerationResult | None:
         """The job's state read directly: its result, or the error it ended with, or None while
@@ -648,7 +458,7 @@ class QueueGenerator:
         try:
             return int(await self.client.zcount(self.keys.workers, since, "+inf"))
         except RedisError as e:
-            raise _redis_error(self.settings.redis_url, e) from e
+            raise redis_error(self.settings.redis_url, e) from e
 
     async def generate(
         self, request: GenerationRequest, on_progress: ProgressCallback | None = None
@@ -689,7 +499,7 @@ class QueueGenerator:
                 args=[int(self.settings.job_timeout_s) + 60, EVENTS_TTL_S, job_id],
             )
         except RedisError as e:
-            raise _redis_error(self.settings.redis_url, e) from e
+            raise redis_error(self.settings.redis_url, e) from e
         return str(out)
 
     async def status(self, job_id: str) -> dict[str, Any]:
@@ -709,15 +519,3 @@ class QueueGenerator:
             await self._client.aclose()
             await self._client.connection_pool.disconnect()
         self._client = None
-
-
-def result_json(result: GenerationResult) -> str:
-    return result.model_dump_json()
-
-
-def parse_message(fields: dict[str, str]) -> tuple[str, str, GenerationRequest]:
-    return fields["job_id"], fields["key"], GenerationRequest.model_validate_json(fields["request"])
-
-
-def dump_fields(fields: dict[str, Any]) -> dict[str, str]:
-    return {k: v if isinstance(v, str) else json.dumps(v) for k, v in fields.items()}

@@ -80,8 +80,9 @@ _SPATIAL = re.compile(
 _JOINED = re.compile(r"\b(and|with|while|plus)\b|,", re.IGNORECASE)
 
 
-def several_subjects(prompt: str) -> bool:
-    """A cheap gate before offering the LLM a layout: positions named, or subjects joined."""
+def several_subjects(prompt: str, *, joined: bool = True) -> bool:
+    """A cheap gate before offering the LLM a layout: positions named, or (when `joined`)
+    subjects joined by "and", "with", a comma..."""
     if _SPATIAL.search(prompt):
         return True
-    return len(_JOINED.findall(prompt)) >= 1 and len(prompt.split()) >= 6
+    return joined and len(_JOINED.findall(prompt)) >= 1 and len(prompt.split()) >= 6

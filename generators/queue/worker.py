@@ -21,7 +21,8 @@ once; the worker re-creates a consumer group that Redis lost.
 SIGTERM/SIGINT: stop reading, let the current jobs finish for `shutdown_grace_s`, then stop
 them at the next denoising step and put them back on the stream for another worker.
 
-`python -m cli.worker --help` runs it without the rest of the `groundwork` CLI.
+`python -m cli.worker --help` runs it without the rest of the `groundwork` CLI. The Redis
+protocol (keys, Lua scripts, connections) is in `generators.queue.protocol`.
 """
 
 from __future__ import annotations
@@ -35,230 +36,47 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, TypeVar
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from core.artifacts import ArtifactNotFound, ArtifactSettings, ArtifactStore
 from generators.base import (
+    BatchGenerator,
     GenerationCancelled,
     GenerationRequest,
     GenerationResult,
+    JobGenerator,
     ProgressCallback,
+    Warmable,
 )
 from generators.batching import batch_key
-from generators.queue import (
+from generators.queue.protocol import (
+    CLAIM,
     EVENTS_MAXLEN,
     EVENTS_TTL_S,
-    LINK_ERRORS,
+    FAIL,
+    HEARTBEAT,
     MAX_VISIBILITY_S,
+    RELEASE,
     REPLY_TTL_S,
+    SETTLE,
+    Outage,
     QueueKeys,
     cancellable,
     connect,
     ensure_group,
     is_nogroup,
+    ride_out,
 )
 from generators.settings import GeneratorSettings, QueueSettings
 
 log = logging.getLogger("groundwork.worker")
 
-Backend = Literal["diffusers", "noop"]
-
-# Claim every message of one read. Per job: 2 keys (job hash, result) and 2 args (batch size,
-# visibility ms). Returns per job {code, attempts, deaths, solo}: code 1 run it, -1 cancelled,
-# -2 result already stored, -3 already dead-lettered, -4 too many worker deaths. A run left
-# 'running' means its worker died: charged as a death if it ran alone, else the job is split
-# off (solo) and not charged. The token makes a retried call (lost reply) change nothing.
-CLAIM = """
-local out = {}
-for i = 1, #KEYS / 2 do
-  local job, res = KEYS[2 * i - 1], KEYS[2 * i]
-  local token = ARGV[4] .. ':' .. i
-  local code, attempts, deaths, solo = 1, 0, 0, 0
-  local h = redis.call('HMGET', job, 'state', 'run', 'batch', 'deaths', 'solo', 'attempts')
-  if redis.call('EXISTS', res) == 1 then
-    code = -2
-  elseif h[1] == 'cancelled' then
-    code = -1
-  elseif h[1] == 'dead' then
-    code = -3
-  elseif h[2] == token then
-    attempts, deaths, solo = tonumber(h[6] or 0), tonumber(h[4] or 0), tonumber(h[5] or 0)
-  else
-    deaths, solo = tonumber(h[4] or 0), tonumber(h[5] or 0)
-    if h[1] == 'running' then
-      if tonumber(h[3] or 1) > 1 then
-        solo = 1
-        redis.call('HSET', job, 'solo', 1)
-        redis.call('HINCRBY', job, 'splits', 1)
-      else
-        deaths = redis.call('HINCRBY', job, 'deaths', 1)
-      end
-    end
-    if deaths >= tonumber(ARGV[5]) then
-      code = -4
-    else
-      attempts = redis.call('HINCRBY', job, 'attempts', 1)
-      local batch = ARGV[4 + 2 * i]
-      if solo == 1 then batch = 1 end
-      redis.call('HSET', job, 'state', 'running', 'worker', ARGV[1], 'started_at', ARGV[2],
-        'run', token, 'batch', batch, 'visibility_ms', ARGV[5 + 2 * i])
-      redis.call('EXPIRE', job, ARGV[3])
-    end
-  end
-  out[i] = {code, attempts, deaths, solo}
-end
-return out
-"""
-
-_EVENT_FN = """
-local function event(...)
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', 1000, '*', ...)
-  redis.call('EXPIRE', KEYS[2], ARGV[7])
-  if KEYS[7] then
-    redis.call('XADD', KEYS[7], 'MAXLEN', '~', 1000, '*', 'job_id', ARGV[3], ...)
-    redis.call('EXPIRE', KEYS[7], ARGV[7])
-  end
-end
-"""
-
-# Settle a run that ended: 'done' stores the result (SET NX: a second finisher only counts a
-# duplicate), 'ack' finishes a job whose result was already stored, 'cancelled' records a
-# cancel. Progress events not sent yet go first, so the client sees them in order.
-# KEYS: job, events, inflight, stats, stream, result[, reply]
-# ARGV: mode, token, job_id, group, msg_id, now, events_ttl, result_ttl, raw, sha, error,
-#       n_progress, step, total, ...
-SETTLE = (
-    _EVENT_FN
-    + """
-local mode = ARGV[1]
-local run = redis.call('HGET', KEYS[1], 'run')
-if mode ~= 'ack' and run == ARGV[2] .. ':settled' then return 'again' end
-if mode == 'cancelled' and run ~= ARGV[2] then return 'stale' end
-if mode == 'ack' and redis.call('HGET', KEYS[1], 'state') == 'done' then
-  redis.pcall('XACK', KEYS[5], ARGV[4], ARGV[5])
-  return 'again'
-end
-for i = 0, tonumber(ARGV[12]) - 1 do
-  event('type', 'progress', 'step', ARGV[13 + 2 * i], 'total', ARGV[14 + 2 * i])
-end
-local first = 'first'
-local raw, sha = ARGV[9], ARGV[10]
-if mode == 'done' then
-  if redis.call('SET', KEYS[6], raw, 'NX', 'EX', ARGV[8]) then
-    redis.call('HINCRBY', KEYS[4], 'completed', 1)
-  else
-    redis.call('HINCRBY', KEYS[4], 'duplicates', 1)
-    if run ~= ARGV[2] then return 'duplicate' end
-    first = 'duplicate'
-    raw = redis.call('GET', KEYS[6]) or raw
-  end
-elseif mode == 'ack' then
-  raw = redis.call('GET', KEYS[6]) or raw
-  local ok, obj = pcall(cjson.decode, raw)
-  if ok and type(obj) == 'table' and type(obj.image) == 'table' then sha = obj.image.sha256 end
-end
-if mode == 'cancelled' then
-  redis.call('HSET', KEYS[1], 'state', 'cancelled', 'error', ARGV[11], 'finished_at', ARGV[6],
-    'run', ARGV[2] .. ':settled')
-  event('type', 'cancelled', 'error', ARGV[11])
-  redis.call('HINCRBY', KEYS[4], 'cancelled', 1)
-else
-  redis.call('HSET', KEYS[1], 'state', 'done', 'finished_at', ARGV[6], 'sha256', sha,
-    'run', ARGV[2] .. ':settled')
-  event('type', 'done', 'result', raw, 'sha256', sha)
-end
-if redis.call('GET', KEYS[3]) == ARGV[3] then redis.call('DEL', KEYS[3]) end
-redis.pcall('XACK', KEYS[5], ARGV[4], ARGV[5])
-return first
-"""
-)
-
-# A run that raised: re-queue (a fresh message, this one acknowledged) while the error budget
-# lasts and the error is retryable, else dead-letter. Token '' = no run to own (the claim
-# refused the job). KEYS: job, events, inflight, stats, stream, dead[, reply]
-# ARGV: job_id(3), group(4), msg_id(5), now(6), events_ttl(7), error(8), retryable(9),
-#       max_attempts(10), maxlen(11), token(1), n_requeue(12), requeue..., dead...
-FAIL = (
-    _EVENT_FN
-    + """
-local run = redis.call('HMGET', KEYS[1], 'run', 'state')
-if ARGV[1] ~= '' and run[1] ~= ARGV[1] then return 'stale' end
-if ARGV[1] == '' and run[2] == 'dead' then return 'again' end
-local failures = redis.call('HINCRBY', KEYS[1], 'failures', 1)
-local attempts = redis.call('HGET', KEYS[1], 'attempts') or '0'
-local n = tonumber(ARGV[12])
-local requeue, dead = {}, {}
-for i = 13, 12 + n do requeue[#requeue + 1] = ARGV[i] end
-for i = 13 + n, #ARGV do dead[#dead + 1] = ARGV[i] end
-local settled = ARGV[1] .. ':settled'
-if ARGV[9] == '1' and failures < tonumber(ARGV[10]) then
-  redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[11], '*', unpack(requeue))
-  redis.call('HSET', KEYS[1], 'state', 'queued', 'error', ARGV[8], 'run', settled)
-  event('type', 'retry', 'error', ARGV[8], 'attempt', attempts)
-  redis.call('HINCRBY', KEYS[4], 'retries', 1)
-  redis.pcall('XACK', KEYS[5], ARGV[4], ARGV[5])
-  return 'retry'
-end
-dead[#dead + 1] = 'attempts'
-dead[#dead + 1] = attempts
-redis.call('XADD', KEYS[6], '*', unpack(dead))
-redis.call('HSET', KEYS[1], 'state', 'dead', 'error', ARGV[8], 'finished_at', ARGV[6],
-  'run', settled)
-event('type', 'failed', 'error', ARGV[8], 'attempts', attempts, 'retryable', ARGV[9])
-if redis.call('GET', KEYS[3]) == ARGV[3] then redis.call('DEL', KEYS[3]) end
-redis.call('HINCRBY', KEYS[4], 'dead', 1)
-redis.pcall('XACK', KEYS[5], ARGV[4], ARGV[5])
-return 'dead'
-"""
-)
-
-# Shutdown: hand the job back at once; this run does not count.
-# KEYS: job, stream, stats  ARGV: token, group, msg_id, maxlen, fields...
-RELEASE = """
-if redis.call('HGET', KEYS[1], 'run') ~= ARGV[1] then return 'stale' end
-local fields = {}
-for i = 5, #ARGV do fields[#fields + 1] = ARGV[i] end
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', unpack(fields))
-redis.pcall('XACK', KEYS[2], ARGV[2], ARGV[3])
-redis.call('HINCRBY', KEYS[1], 'attempts', -1)
-redis.call('HSET', KEYS[1], 'state', 'queued', 'run', ARGV[1] .. ':settled')
-redis.call('HINCRBY', KEYS[3], 'released', 1)
-return 'released'
-"""
-
-# Heartbeat: announce liveness and renew the visibility of the runs we still own (resetting
-# their idle time); runs another worker took over are returned so we stop them.
-# KEYS: workers, stream, job...  ARGV: now, consumer, group, (token, msg_id)...
-HEARTBEAT = """
-redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
-local lost = {}
-for i = 3, #KEYS do
-  local token, msg = ARGV[2 * i - 2], ARGV[2 * i - 1]
-  if redis.call('HGET', KEYS[i], 'run') == token then
-    redis.pcall('XCLAIM', KEYS[2], ARGV[3], ARGV[2], 0, msg, 'JUSTID')
-  else
-    lost[#lost + 1] = msg
-  end
-end
-return lost
-"""
-
-
-class JobGenerator(Protocol):
-    async def generate(
-        self,
-        request: GenerationRequest,
-        on_progress: ProgressCallback | None = None,
-        *,
-        should_cancel: Callable[[], bool] | None = None,
-    ) -> GenerationResult: ...
-
-    async def aclose(self) -> None: ...
+T = TypeVar("T")
 
 
 def retryable(error: BaseException) -> bool:
@@ -299,36 +117,6 @@ class StepClock:
         rate = elapsed_s / work
         self.rate = rate if not self.measured else 0.7 * self.rate + 0.3 * rate
         self.measured = True
-
-
-class Outage:
-    """One log line when Redis goes away and one when it is back, however many calls fail in
-    between (each loop and helper reports here), with a shared retry backoff."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.since: float | None = None
-        self._delay = 0.05
-
-    def failed(self, e: BaseException) -> None:
-        if self.since is None:
-            self.since = time.monotonic()
-            log.error(
-                "Redis at %s unreachable (%s: %s); jobs wait, retrying until it is back",
-                self.url,
-                type(e).__name__,
-                e,
-            )
-
-    def ok(self) -> None:
-        if self.since is not None:
-            log.warning("Redis at %s back after %.1fs", self.url, time.monotonic() - self.since)
-            self.since = None
-            self._delay = 0.05
-
-    async def pause(self) -> None:
-        await asyncio.sleep(self._delay)
-        self._delay = min(self._delay * 2, 1.0)
 
 
 @dataclass
@@ -380,7 +168,7 @@ class Worker:
         self._heartbeat_script = self.client.register_script(HEARTBEAT)
         self._last_claim = 0.0
         self._helpers_stop = asyncio.Event()
-        self.outage = Outage(queue.redis_url)
+        self.outage = Outage(queue.redis_url, logger=log)
         self.clock = StepClock(queue.step_time_s, default_steps)
         self.processed = 0
 
@@ -486,7 +274,7 @@ class Worker:
 
     async def _sleep(self, seconds: float) -> bool:
         """Sleep, or return True at once when the helpers are told to stop (no cancel: see
-        queue.cancellable for why cancelling a task inside a redis call is unreliable)."""
+        protocol.cancellable for why cancelling a task inside a redis call is unreliable)."""
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._helpers_stop.wait(), seconds)
         return self._helpers_stop.is_set()
@@ -532,6 +320,7 @@ class Worker:
                 continue
             try:
                 flags = await self.client.mget([self.keys.cancel(j.job_id) for j in jobs])
+                self.outage.ok()
             except RedisError as e:
                 self.outage.failed(e)
                 continue
@@ -641,7 +430,7 @@ class Worker:
             )
         if not parsed:
             return
-        batches = hasattr(self.generator, "generate_batch")
+        batches = isinstance(self.generator, BatchGenerator)
         groups: dict[object, list[_Job]] = {}
         for job in parsed:
             bkey = batch_key(job.request, "") if batches else None
@@ -726,7 +515,8 @@ class Worker:
             error: BaseException | None = None
             try:
                 if len(jobs) > 1:
-                    results = await self.generator.generate_batch(  # type: ignore[attr-defined]
+                    assert isinstance(self.generator, BatchGenerator)
+                    results = await self.generator.generate_batch(
                         [j.request for j in jobs],
                         [self._progress_cb(j) for j in jobs],
                         should_cancel=should_cancel,
@@ -820,20 +610,10 @@ class Worker:
 
     # -- terminal transitions (each one script, retried through a Redis outage) -----------
 
-    async def _ride_out(self, call: Callable[[], Any]) -> Any:
+    async def _ride_out(self, call: Callable[[], Awaitable[T]]) -> T:
         """Run a terminal write; through a Redis outage keep trying for outage_timeout_s (the
         job stays pending if Redis never comes back, and another worker reclaims it)."""
-        deadline = time.monotonic() + self.settings.outage_timeout_s
-        while True:
-            try:
-                out = await call()
-                self.outage.ok()
-                return out
-            except LINK_ERRORS as e:
-                self.outage.failed(e)
-                if time.monotonic() > deadline:
-                    raise
-                await self.outage.pause()
+        return await ride_out(call, self.outage, self.settings.outage_timeout_s)
 
     def _event_keys(self, job_id: str, reply: str | None) -> tuple[list[str], list[str]]:
         k = self.keys
@@ -958,50 +738,37 @@ class Worker:
 # -- process entry points ---------------------------------------------------------------
 
 
-def build_generator(
-    backend: Backend,
-    generator: GeneratorSettings,
-    store: ArtifactStore,
-    *,
-    noop_delay_s: float = 0.0,
-) -> JobGenerator:
-    if backend == "noop":
-        from generators.noop import NoopGenerator
-
-        return NoopGenerator(store, delay_s=noop_delay_s, steps=generator.steps)
-    from generators.diffusers_backend import DiffusersGenerator
-
-    return DiffusersGenerator(generator, store)
-
-
 async def run_worker(
     generator: GeneratorSettings,
     queue: QueueSettings,
     artifacts: ArtifactSettings,
     *,
-    backend: Backend = "diffusers",
+    backend: str = "diffusers",
     consumer: str | None = None,
     noop_delay_s: float = 0.0,
 ) -> None:
-    """Load (and warm up) the model first, then serve jobs until SIGTERM/SIGINT."""
-    store = ArtifactStore.from_settings(artifacts)
-    if backend == "diffusers":
-        from diffusers.utils import logging as diffusers_logging
+    """Load (and warm up) the model first, then serve jobs until SIGTERM/SIGINT.
 
-        diffusers_logging.disable_progress_bar()  # progress goes to the job's event stream
-    gen = build_generator(backend, generator, store, noop_delay_s=noop_delay_s)
-    warmup = getattr(gen, "warmup", None)
-    if warmup is not None:
+    `backend` is any name of `generators.factory.BACKENDS` that can serve jobs.
+    """
+    from generators.factory import build_job_generator
+
+    store = ArtifactStore.from_settings(artifacts)
+    gen = build_job_generator(
+        backend, generator, queue, store, options={"noop_delay_s": noop_delay_s, "worker": True}
+    )
+    if isinstance(gen, Warmable):
         log.info(
             "loading %s (device %s, dtype %s)", generator.model, generator.device, generator.dtype
         )
-        secs = await warmup()
-        log.info("model ready in %.1fs", secs)
+        t0 = time.perf_counter()
+        await gen.warm(wait=True)
+        log.info("model ready in %.1fs", time.perf_counter() - t0)
     worker = Worker(
         gen,
         queue,
         consumer=consumer,
-        batch_size=generator.max_batch_size if backend == "diffusers" else 1,
+        batch_size=generator.max_batch_size if isinstance(gen, BatchGenerator) else 1,
         default_steps=generator.steps,
     )
     worker.install_signal_handlers()

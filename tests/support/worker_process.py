@@ -1,4 +1,5 @@
-"""Run `python -m cli.worker` as a child process (tests, benchmarks, local demos).
+"""Run `python -m cli.worker` as a child process (tests and benchmarks only: the product never
+imports tests.support).
 
 The worker is exercised exactly as an operator runs it: its own interpreter, flags, signals.
 """
@@ -13,7 +14,7 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 class WorkerProcess:
