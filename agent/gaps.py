@@ -3,8 +3,14 @@
 A weak local LLM (the embedded 135M default) invents spans and forgets queries, so the basic job
 of noticing what a prompt names cannot depend on it. These rules find what an image model is
 likely not to know: proper-noun phrases, years and dates, model names and numbers, quoted titles,
-and words rare in general English (by `wordfreq`'s offline Zipf frequencies). A prompt made of
-common words ("a red apple on a table") yields nothing.
+and words rare in general English (by `wordfreq`'s offline Zipf frequencies, judged on base
+forms and compound parts, so "sunflowers" and "windowsill" are common). A prompt made of common
+words ("a red apple on a table") yields nothing.
+
+A candidate's queries are its span and, at most, the head noun right after it ("Zephyr X1
+folding drone"); verbs, adverbs, conjunctions and prepositions after a name never join a query
+("Jimi Hendrix famously played" searches "Jimi Hendrix"). `grounded_query` holds a weak model's
+own queries to the same standard (issue 21.8).
 """
 
 from __future__ import annotations
@@ -163,7 +169,7 @@ strings are names and abbreviations as often as words. Function words never coun
 
 
 def _common_part(part: str) -> bool:
-    if len(part) < COMPOUND_PART_MIN or part in _FUNCTION_WORDS or part in _STOP:
+    if len(part) < COMPOUND_PART_MIN or part in _FUNCTION_WORDS:
         return False
     floor = SHORT_PART_ZIPF if len(part) == COMPOUND_PART_MIN else RARE_ZIPF
     return zipf(part) >= floor or (

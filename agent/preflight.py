@@ -56,7 +56,7 @@ def preflight(settings: Settings, *, check_generator: bool = True) -> None:
     critique_url = llm.critique_base_url or llm.base_url
     if llm.critique_model and critique_url:
         check_endpoint(critique_url, {llm.critique_model}, key, "critique")
-    if check_generator and settings.generator.backend == "inprocess":
+    if check_generator and _resident(settings):
         from generators.diffusers_backend import check_model_available
 
         try:
@@ -65,3 +65,14 @@ def preflight(settings: Settings, *, check_generator: bool = True) -> None:
             )
         except GeneratorError as exc:
             raise InputError(str(exc)) from exc
+
+
+def _resident(settings: Settings) -> bool:
+    """The backend loads a diffusers model in this process ("inprocess" or its alias
+    "diffusers"), looked up in the registry rather than compared by name."""
+    from generators.factory import find_backend
+
+    try:
+        return find_backend(settings.generator.backend).name == "inprocess"
+    except GeneratorError as exc:
+        raise InputError(str(exc)) from exc

@@ -291,6 +291,9 @@ class Profile:
     cut_after_tool_response: bool = True
     """Text after a `<tool_response>` the model wrote in its own reply is dropped before the
     turn is kept (it invents results)."""
+    result_notes: bool = True
+    """Parser notes and "already run" remarks may be appended to a tool result as `Note:`
+    lines. False for gen-searcher: upstream adds nothing to a tool's text."""
     source: str = "groundwork"
     """Where the wording came from: "groundwork" (ours) or the upstream module's path."""
     tool_descriptions: tuple[tuple[str, str], ...] = ()
@@ -461,6 +464,7 @@ GEN_SEARCHER = Profile(
     ),
     stop_on_repeat=True,
     cut_after_tool_response=True,
+    result_notes=False,
 )
 
 PROFILES: dict[str, Profile] = {}

@@ -51,11 +51,18 @@ class Services:
         settings = settings or self.settings
         if settings.llm.uses_embedded():
             self._embedded_start(settings)
-        if settings.generator.backend == "inprocess":
-            generator = self.generator()
-            warm = getattr(generator, "warm", None)
-            if warm is not None and self._generator_warm is None:
-                self._generator_warm = asyncio.ensure_future(warm())
+        if self._generator_warm is None:
+            from generators.base import GeneratorError, Warmable
+
+            try:
+                generator = self.generator()
+            except GeneratorError as exc:  # the generate stage builds it again and says why
+                log.info("generator warm-up skipped: %s", exc)
+                return
+            # By capability, not by backend name: "diffusers" (an alias) warms up like
+            # "inprocess"; a queue client has nothing to load here.
+            if isinstance(generator, Warmable):
+                self._generator_warm = asyncio.ensure_future(generator.warm())
                 self._generator_warm.add_done_callback(_swallow_here)
 
     # -- LLMs ---------------------------------------------------------------------------------

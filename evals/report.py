@@ -305,7 +305,28 @@ def fairness_lines(config: EvalConfig, suites: list[Suite]) -> list[str]:
         lines.append(f"Tool results were recorded to {config.record}: arms saw identical evidence.")
     if config.replay:
         lines.append(_replay_line(config))
+    checked = _meta(config, "known_answers")
+    if isinstance(checked, dict) and checked:
+        by_judge: dict[str, list[str]] = {}
+        for metric, judge in sorted(checked.items()):
+            by_judge.setdefault(str(judge), []).append(str(metric))
+        lines += [
+            f"Metric validity: {', '.join(ms)} scored their known good outputs above the bad "
+            f"ones with judge {judge} before the run."
+            for judge, ms in by_judge.items()
+        ]
     return lines
+
+
+def _meta(config: EvalConfig, key: str) -> Any:
+    db = config.out_dir / RESULTS_DB
+    if not db.is_file():
+        return None
+    store = ResultStore(db, readonly=True)
+    try:
+        return store.get_meta(key)
+    finally:
+        store.close()
 
 
 def _replay_line(config: EvalConfig) -> str:

@@ -192,6 +192,8 @@ WISE_CATEGORIES = (
 )
 """WISE_Verified's categories by prompt_id (PKU-YuanGroup/WISE, data_verified)."""
 WISE_WEIGHTS = {"CULTURE": 0.40, **{c: 0.12 for c, _, _ in WISE_CATEGORIES[1:]}}
+LEGACY = "wise-legacy"
+"""Tag of prompts from WISE's legacy files (other id ranges, no Verified weights)."""
 
 KNOWGEN_GROUPS: dict[str, frozenset[str]] = {
     "science_and_knowledge": frozenset(
@@ -232,6 +234,13 @@ KNOWGEN_GROUPS: dict[str, frozenset[str]] = {
 
 def protocol_for(kind: str, prompts: list[SuitePrompt]) -> Protocol | None:
     """The benchmark's own scoring definition, labelled with its source."""
+    if kind == "wise" and any(LEGACY in p.tags for p in prompts):
+        return Protocol(
+            name="WISE (legacy files)",
+            source="PKU-YuanGroup/WISE (WISE_legacy); the 0.40/0.12 weights are WISE_Verified's",
+            metric="wise",
+            note="per-category scores only: no weighted overall outside WISE_Verified",
+        )
     if kind == "wise":
         return Protocol(
             name="WISE_Verified",
@@ -539,6 +548,9 @@ def _load_wise(path: Path) -> tuple[list[SuitePrompt], list[Path]]:
             raise SuiteError(f"{file}: not JSON: {exc}") from exc
         if not isinstance(data, list):
             raise SuiteError(f"{file}: a WISE file is a JSON list of prompts")
+        # WISE_Verified's one file (data_verified/merge.json) numbers its categories by
+        # prompt_id; the legacy files use other ranges, so they keep their own Category.
+        verified = file.name == "merge.json" or "verified" in file.parent.name.lower()
         for i, rec in enumerate(data):
             text = _ci(rec, "prompt")
             if not text:
@@ -566,20 +578,24 @@ def _load_wise(path: Path) -> tuple[list[SuitePrompt], list[Path]]:
                 SuitePrompt(
                     id=str(pid if pid is not None else f"{file.stem}-{i}"),
                     prompt=str(text),
-                    category=wise_category(pid, rec, file.stem),
+                    category=wise_category(pid, rec, file.stem, verified=verified),
                     requirements=reqs,
-                    tags=[str(_ci(rec, "subcategory") or "")] if _ci(rec, "subcategory") else [],
+                    tags=[
+                        t
+                        for t in (str(_ci(rec, "subcategory") or ""), "" if verified else LEGACY)
+                        if t
+                    ],
                     meta=rec,
                 )
             )
     return prompts, files
 
 
-def wise_category(pid: Any, rec: dict[str, Any], fallback: str) -> str:
-    """CULTURE, TIME, SPACE, BIOLOGY, PHYSICS or CHEMISTRY by prompt_id, as WISE defines them;
-    the record's own Category where the id is outside those ranges."""
+def wise_category(pid: Any, rec: dict[str, Any], fallback: str, *, verified: bool = True) -> str:
+    """CULTURE, TIME, SPACE, BIOLOGY, PHYSICS or CHEMISTRY by prompt_id, as WISE_Verified
+    defines them; the record's own Category for legacy files or ids outside those ranges."""
     try:
-        n = int(pid)
+        n = int(pid) if verified else -1
     except (TypeError, ValueError):
         n = -1
     for name, lo, hi in WISE_CATEGORIES:

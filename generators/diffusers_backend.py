@@ -192,6 +192,23 @@ def _resolve_tuned(folder: Path, *, local_files_only: bool) -> ResolvedModel:
     return ResolvedModel(base, resolved.source, resolved.location, str(folder), weight)
 
 
+def tuned_base(model: str) -> str:
+    """The base model of a tuned folder (its configs and tokenizers are the base's), else
+    `model` itself; never raises (a broken folder is reported when it is loaded)."""
+    import json
+
+    folder = Path(model).expanduser()
+    manifest = folder / LORA_MANIFEST
+    if not _looks_like_path(model) or not manifest.is_file():
+        return model
+    if (folder / "model_index.json").is_file():
+        return model
+    try:
+        return str(json.loads(manifest.read_text(encoding="utf-8"))["base_model"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return model
+
+
 def _hub_unreachable_errors() -> tuple[type[BaseException], ...]:
     """What huggingface_hub raises when the hub cannot be asked.
 
@@ -540,7 +557,7 @@ class DiffusersGenerator:
                 budget_why=why,
                 batched_seeds=True,
             )
-        caps = await asyncio.to_thread(static_capabilities, name, self.settings)
+        caps = await asyncio.to_thread(static_capabilities, tuned_base(name), self.settings)
         return caps.model_copy(update={"batched_seeds": True})
 
     def prompt_budget(self, model: str | None = None) -> PromptBudget:
@@ -550,7 +567,7 @@ class DiffusersGenerator:
         if loaded is not None and loaded.model == name:
             return self._budget(loaded)
         return PromptBudget.from_model(
-            name, local_files_only=True if self.settings.local_files_only else None
+            tuned_base(name), local_files_only=True if self.settings.local_files_only else None
         )
 
     @staticmethod

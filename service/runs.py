@@ -26,6 +26,7 @@ from typing import Any, Protocol
 from agent.services import Services
 from agent.settings import RunContext, Settings, override_fields
 from core.errors import GroundworkError
+from graphs.locks import ThreadBusy
 from service.events import EventLog
 from service.limits import Limiter, LimiterUnavailable
 from service.pgstore import AnyStore
@@ -276,13 +277,14 @@ class RunManager:
         return row
 
     async def message(self, row: RunRow, text: str) -> RunRow:
-        """The next turn of a finished, waiting or cancelled run's thread.
+        """The next turn of a finished, waiting, failed or cancelled run's thread.
 
-        A cancelled turn left unfinished work on the thread (the stages after the cancel);
-        it is dropped first, so the message starts a new turn instead of being refused as a
-        different prompt for the unfinished one. (`resume` continues the unfinished work.)"""
+        A cancelled or failed turn may have left unfinished work on the thread (the stages
+        after the cancel or the failure); it is dropped first, so the message starts a new
+        turn instead of being refused as a different prompt for the unfinished one.
+        (`resume` is how to continue the unfinished work instead.)"""
         self._check_idle(row)
-        if row.status == "cancelled":
+        if row.status in ("cancelled", "failed"):
             pending = tuple(p for p in await self.runner.pending(row.id, row.policy) if p)
             if pending:
                 await self.runner.discard(row.id, row.policy)
@@ -425,6 +427,15 @@ class RunManager:
                 "(GROUNDWORK_SERVICE__RUN_TIMEOUT_S)",
             )
             finished = True
+        except ThreadBusy as e:
+            if self.store.shared:
+                # the replica that drove it is still running the graph (its lease lapsed, its
+                # thread lock did not): leave the run to it; the lease is dropped below, and
+                # whoever holds the thread at the next heartbeat finishes it
+                log.warning("run still driven elsewhere: %s", e, extra=extra)
+            else:
+                await self._end(row, "failed", str(e))
+                finished = True
         except GroundworkError as e:
             await self._end(row, "failed", str(e))
             finished = True

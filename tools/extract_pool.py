@@ -9,8 +9,9 @@ killed (SIGKILL) and replaced: the work stops at once, the caller gets a failed 
 Workers are shared by every toolkit of the process (`shared_pool()`), and slots are granted
 fairly: each run ("tenant") holds at most `per_tenant` workers at once, and a freed worker goes
 to the waiting tenant that holds the fewest, so one run's slow pages cannot take another run's
-slots. The tenant is the run named by `run_scope(...)` around the run (the service wraps each
-run in it); a toolkit used without one is its own tenant (one toolkit per CLI run).
+slots. The tenant is the run named by `run_scope(...)` around the run; without one, the
+LangGraph thread the call runs in (`current_tenant`); outside a graph, the toolkit itself (one
+toolkit per CLI run).
 
 Why not `concurrent.futures.ProcessPoolExecutor`: it cannot kill the one worker that runs a
 given job (only the whole pool, which breaks it for everyone), and it forks or re-imports the
@@ -62,7 +63,19 @@ def run_scope(run_id: str) -> Iterator[None]:
 
 
 def current_tenant(default: str) -> str:
-    return _TENANT.get() or default
+    """The run a tool call belongs to: `run_scope`'s name; else, inside a LangGraph node, the
+    run's thread id (LangChain keeps the running config in a contextvar, so a service that
+    shares one toolkit between runs is fair without any wiring); else `default`."""
+    named = _TENANT.get()
+    if named:
+        return named
+    try:
+        from langchain_core.runnables.config import var_child_runnable_config
+    except ImportError:  # the toolkit used without LangChain
+        return default
+    config = var_child_runnable_config.get() or {}
+    thread = (config.get("configurable") or {}).get("thread_id")
+    return f"thread:{thread}" if thread else default
 
 
 class _Worker:

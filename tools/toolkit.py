@@ -3,14 +3,17 @@
 A tool call never raises for a tool failure: no network, a provider error, a refused download,
 a hostile redirect, a poisoned cache entry or a timeout becomes `Observation(ok=False,
 error=...)`, so one bad query cannot end a run; `Toolkit.call` does the same for a model's
-malformed tool call. Each call runs under `settings.timeout_s`; provider errors are retried
-with jittered exponential backoff, bounded in attempts and by that same deadline; an offline
-machine fails fast (no retries) with an error saying so. Successful results are cached (see
-`tools.cache`). Image ids (`IMG_###`) come from the run's `ImageRegistry`, for web and local
-images alike, so an id names one image for the whole run. Decoded pixels held at once are
-bounded toolkit-wide (`max_decoded_mb`, counted in bytes per format before decoding), however
-many image searches run concurrently; every decode goes through `retrieval.safe_image`, so a
-bomb, a truncated file or an unknown format fails that one image, never the call.
+malformed tool call (the one exception: `ReplayMiss` in replay mode). Each call runs under
+`settings.timeout_s`; provider errors are retried with jittered exponential backoff
+(tenacity), bounded in attempts and by that same deadline; an offline machine fails fast (no
+retries), and offline is stated once, in one line, not per call. Every error text and note
+goes through `tools.render.untrusted` where it is made. Successful results are cached (see
+`tools.cache`). Image ids (`IMG_###`) come from the run's `ImageRegistry` in call order, for
+web and local images alike, so an id names one image for the whole run. Decoded pixels held
+at once are bounded toolkit-wide (`max_decoded_mb`, counted in bytes per format before
+decoding), however many image searches run concurrently; every decode goes through
+`retrieval.safe_image`, so a bomb, a truncated file or an unknown format fails that one image,
+never the call. Pages are read in killable worker processes (`tools.extract_pool`).
 """
 
 from __future__ import annotations
@@ -338,7 +341,10 @@ class Toolkit:
         from `registry`, the run's."""
         k = top_k or self.settings.max_images_per_query
         ranker_name = (self.retrieval.clip_model if self.retrieval else None) or "none"
-        ticket = registry.reserve()  # call order, before any await (see ImageRegistry)
+        key = cache_key("image_search", query, k=k, p=self.settings.image_provider, r=ranker_name)
+        # Call order, before any await; from here on only closures are defined until the
+        # try/finally that always hands the turn on (see ImageRegistry).
+        ticket = registry.reserve()
 
         def from_cache(obs: Observation) -> Observation | None:
             for item in obs.items:
@@ -372,7 +378,6 @@ class Toolkit:
                 provider=provider.name,
             )
 
-        key = cache_key("image_search", query, k=k, p=self.settings.image_provider, r=ranker_name)
         try:
             obs = await self._run("image_search", query, body, key=key, from_cache=from_cache)
             return await self._assign_ids(obs, registry, ticket)

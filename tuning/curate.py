@@ -29,6 +29,7 @@ import random
 import re
 import shutil
 import tomllib
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -278,7 +279,7 @@ class Teacher:
             await self._runner.__aenter__()
         outcome = await self._runner.run(
             prompt,
-            thread_id=f"curate-{_sample_id(prompt, str(seed))}",
+            thread_id=f"curate-{uuid.uuid4().hex}",
             policy=self.tc.policy,
             context=RunContext(seed=seed),
             write_folder=False,
@@ -422,15 +423,17 @@ class Curator:
         self.on_round = on_round
         overrides = {k: (dict(v) if isinstance(v, dict) else v) for k, v in config.settings.items()}
         check_overrides(overrides, where="curate [settings]")
+        # an agent teacher runs unattended: nobody answers its clarifying questions
+        overrides.setdefault("agent", {}).setdefault("ask_questions", False)
         try:
             settings = Settings().merged(overrides)
         except ValueError as exc:
             raise InputError(f"invalid [settings] in the curate config: {exc}") from exc
-        self.services = Services(settings)
         if judge is None and config.judge.configured():
             raise InputError(
                 f"{config.judge.configured()}; curate needs a VLM judge endpoint ([judge])"
             )
+        self.services = Services(settings)
         self.judge = judge or OpenAIJudge(config.judge)
         self.teacher = Teacher(config, self.services)
         self.rng = random.Random(config.seed)

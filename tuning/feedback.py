@@ -424,6 +424,7 @@ class FeedbackTrainer:
             before_path.write_text(json.dumps(before), encoding="utf-8")
             self._record({"kind": "heldout", **before})
         meter = StepMeter(self.prec.device)
+        final: dict[str, Any] | None = None  # the last step's held-out evaluation (with images)
         # a held-out evaluation costs about (prompts x seeds) no-grad samples every eval_every
         n_eval = len(self.task.heldout_prompts) * len(c.heldout_seeds)
         eval_overhead = 1.0 + n_eval / (3.0 * c.batch_size * c.eval_every)
@@ -434,7 +435,10 @@ class FeedbackTrainer:
             self._record({"kind": "train", "step": self.step, "loss": loss, "p_yes": p_yes})
             heldout = None
             if self.step % c.eval_every == 0 or self.step == c.steps:
-                heldout = self.evaluate()
+                heldout = self.evaluate(keep_images=self.step == c.steps)
+                if self.step == c.steps:
+                    final = heldout
+                    heldout = {k: v for k, v in heldout.items() if k != "images"}
                 self._record({"kind": "heldout", **heldout})
             if self.step % c.checkpoint_every == 0 or self.step == c.steps:
                 self.save_checkpoint()
@@ -455,7 +459,7 @@ class FeedbackTrainer:
                         heldout=heldout,
                     )
                 )
-        after = self.evaluate(keep_images=True)
+        after = final if final is not None else self.evaluate(keep_images=True)
         self._grid(after.pop("images"), report_dir / "after.png")
         tuned = save_tuned_folder(
             self.pipe,

@@ -365,18 +365,29 @@ class VLMJudge:
         pixels = self.pre(images).to(self.dtype)
         cols = []
         for q in questions:
-            rows = []
+            # one forward per distinct prompt text, batched over the images that share it
+            groups: dict[str, list[int]] = {}
             for i, prompt in enumerate(prompts):
+                groups.setdefault(prompt, []).append(i)
+            rows: dict[int, torch.Tensor] = {}
+            for prompt, idx in groups.items():
                 enc = self._prepared(q, prompt)
-                pv = torch.cat([pixels[i : i + 1], enc["pixel_values"][1:].to(self.dtype)])
-                inputs = {k: v for k, v in enc.items() if k != "pixel_values"}
+                refs = enc["pixel_values"][1:].to(self.dtype)
+                pv = torch.cat([torch.cat([pixels[i : i + 1], refs]) for i in idx])
+                n = len(idx)
+                inputs = {
+                    k: v.expand(n, *v.shape[1:]) if v.shape[0] == 1 else v
+                    for k, v in enc.items()
+                    if k != "pixel_values"
+                }
                 out = self.model(**inputs, pixel_values=pv)
-                logp = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
-                yes = torch.logsumexp(logp[self.yes_ids], dim=0)
+                logp = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
+                yes = torch.logsumexp(logp[:, self.yes_ids], dim=-1)
                 if self.config.score == "yes_no":
-                    yes = yes - torch.logsumexp(logp[self.yes_ids + self.no_ids], dim=0)
-                rows.append(yes)
-            cols.append(torch.stack(rows))
+                    yes = yes - torch.logsumexp(logp[:, self.yes_ids + self.no_ids], dim=-1)
+                for j, i in enumerate(idx):
+                    rows[i] = yes[j]
+            cols.append(torch.stack([rows[i] for i in range(len(prompts))]))
         return torch.stack(cols, dim=1)
 
 

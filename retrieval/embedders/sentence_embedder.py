@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from core.imports import heavy_imports
 from retrieval.embedders.base import (
     EmbedderSpec,
     Modality,
@@ -80,6 +81,7 @@ class SentenceTransformerEmbedder:
         allow_download: bool = False,
         cache_dir: Path | None = None,
     ) -> None:
+        heavy_imports("sentence_transformers")  # not beside a pipeline load's imports (21.3)
         import torch
         from sentence_transformers import SentenceTransformer
 

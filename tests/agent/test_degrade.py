@@ -188,3 +188,12 @@ async def test_a_graph_built_for_a_server_writes_its_run_folder(
     record = (run_dir / "run.json").read_text()
     assert '"status": "done"' in record and (run_dir / "image.png").exists()
     assert '"stage": "finish"' in record and (run_dir / "dossier.md").exists()
+
+
+def test_the_embedded_model_is_offered_a_layout_only_for_named_positions() -> None:
+    from agent.layout import several_subjects
+
+    joined = "a cat and a dog playing in the garden"
+    placed = "a cat on the left and a dog on the right"
+    assert several_subjects(joined) and not several_subjects(joined, joined=False)
+    assert several_subjects(placed, joined=False)

@@ -124,6 +124,7 @@ def test_fields_the_react_loop_obeys() -> None:
     p = GEN_SEARCHER
     assert p.llm_call_budget == 9 and p.stop_on_repeat and p.cut_after_tool_response
     assert p.max_listed_images == 10 and p.max_attached_images == 5 and p.max_images == 5
+    assert not p.result_notes  # no "Note:" lines inside its tool results
     assert p.truncated_message and "TOO LONG" in p.truncated_message
     assert p.keep_reply("<tool_call>{}</tool_call>\n<tool_response>made up") == (
         "<tool_call>{}</tool_call>"

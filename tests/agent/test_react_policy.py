@@ -229,3 +229,43 @@ async def test_text_after_a_self_written_tool_response_is_dropped(
     await _run(services_factory(settings))
     kept = scripted_llm.calls("text")[1]["messages"][2]
     assert kept["role"] == "assistant" and "purple" not in kept["content"]
+
+
+async def test_a_loop_stopped_mid_conversation_resumes_where_it_was(
+    tmp_path: Path,
+    scripted_llm: ScriptedLLM,
+    fake_web: WebServer,
+    recording: Recorder,
+    services_factory: Any,
+) -> None:
+    """The loop's conversation is checkpointed in its own namespace: a policy call that fails
+    (HTTP 500) ends the turn with progress saved, and the resume continues the conversation
+    (the search is not run again)."""
+    from graphs.runner import Runner
+
+    settings = make_settings(tmp_path, scripted_llm, None).merged({"llm": {"max_retries": 0}})
+    scripted_llm.add("text", tool_call("search", queries=["zephyr specs"]))  # then: no answer
+    services = services_factory(settings)
+    async with Runner(settings, services) as runner:
+        events: list[Any] = []
+        first = await runner.run(PROMPT, thread_id="loop", policy="react", on_event=events.append)
+        assert first.status == "failed" and "resumes" in str(first.error)
+        assert await runner.pending("loop", policy="react") == ("react",)
+        scripted_llm.add("text", _answer("an orange drone"))
+        # The loop's own stages and tool calls stream live (it is a subgraph), once each.
+        assert [e["data"]["tool"] for e in events if e["kind"] == "tool"] == ["search"]
+        assert [e["data"]["stage"] for e in events if e["kind"] == "stage"][:3] == [
+            "intake",
+            "policy",
+            "tools",
+        ]
+        events.clear()
+        done = await runner.run(None, thread_id="loop", policy="react", on_event=events.append)
+    assert done.status == "done", done.error
+    streamed = [e["data"]["stage"] for e in events if e["kind"] == "stage"]
+    stored = [s["stage"] for s in done.output["stages"]]
+    assert streamed == stored[-len(streamed) :] and streamed.count("answer") == 1
+    assert done.output["grounded"]["gen_prompt"] == "an orange drone"
+    assert [o["query"] for o in done.output["observations"]] == ["zephyr specs"]
+    resumed = scripted_llm.calls("text")[-1]["messages"]
+    assert [m["role"] for m in resumed][:4] == ["system", "user", "assistant", "tool"]

@@ -101,6 +101,29 @@ def test_output_the_kernel_refuses_fails_before_any_work(
     assert not list(tmp_path.rglob("trace.jsonl"))  # nothing ran
 
 
+@pytest.mark.parametrize(
+    ("key", "value", "needle"),
+    [
+        (
+            "GROUNDWORK_STORE__URL",
+            "postgresql://gw:pw@127.0.0.1:{port}/gw",
+            "cannot reach PostgreSQL",
+        ),
+        ("GROUNDWORK_STORE__URL", "mysql://gw@127.0.0.1/gw", "store.url"),
+        ("GROUNDWORK_ARTIFACTS__URL", "s3://", "artifacts.url"),
+    ],
+)
+def test_unusable_shared_store_fails_before_any_work(
+    env: dict[str, str], key: str, value: str, needle: str
+) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code, err = _invoke(["run", "a cat"], {**env, key: value.format(port=port)})
+    _one_line_error(code, err, needle)
+    assert ":pw@" not in err
+
+
 def test_invalid_setting_from_env(env: dict[str, str]) -> None:
     code, err = _invoke(["run", "a cat"], {**env, "GROUNDWORK_GENERATOR__STEPS": "zero"})
     _one_line_error(code, err, "generator.steps")

@@ -120,6 +120,13 @@ def test_wise_explanation_goes_to_the_judge_not_to_word_matching(tmp_path: Path)
     assert moon.requirements[0].fact == "" and bio.requirements[0].fact == "giraffe"
     assert bio.category == "BIOLOGY"
     assert tall.requirements[0].id == "prompt"
+    # legacy WISE files number differently: they keep their own Category, and no weighted
+    # overall is claimed for them
+    legacy = [{"prompt_id": 450, "Prompt": "p", "Explanation": "e", "Category": "Space"}]
+    (tmp_path / "spatio-temporal_reasoning.json").write_text(json.dumps(legacy))
+    old = load_suite(tmp_path / "spatio-temporal_reasoning.json")
+    assert old.prompts[0].category == "SPACE"
+    assert old.protocol and old.protocol.category_weights is None
 
 
 def test_dpg_bench_csv_groups_questions_by_item(tmp_path: Path) -> None:

@@ -119,6 +119,21 @@ def _config(tmp: Path, server: ScriptedLLM, **extra: Any) -> dict[str, Any]:
     }
 
 
+class _Missing:
+    """An arm with nothing to show (no generator is loaded in these tests)."""
+
+    name, kind, resumable = "plain", "synthetic", False
+
+    async def start(self) -> None:
+        return None
+
+    async def produce(self, *args: Any, **kwargs: Any) -> Produced:
+        return Produced("missing", error="not made in this test")
+
+    async def close(self) -> None:
+        return None
+
+
 @pytest.mark.parametrize("judge_server", [True], indirect=True)
 def test_known_answer_cases_pass_with_a_judge_that_sees(
     tmp_path: Path, judge_server: JudgeServer
@@ -127,6 +142,13 @@ def test_known_answer_cases_pass_with_a_judge_that_sees(
     assert not skipped
     assert {r.metric for r in results} == set(JUDGED)
     assert all(r.passed for r in results), [r.line() for r in results]
+    # a run checks them before its first item, and the report says so
+    from evals.report import fairness_lines
+
+    config = parse_config(_config(tmp_path, judge_server))
+    run_eval(config, arms={"plain": _Missing()}, progress=False)
+    lines = " ".join(fairness_lines(config, []))
+    assert "Metric validity: " in lines and "requirements" in lines and "knowgen" in lines
 
 
 @pytest.mark.parametrize("judge_server", [False], indirect=True)

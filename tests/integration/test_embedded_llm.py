@@ -204,3 +204,39 @@ async def test_embedded_smollm2_returns_a_schema_valid_gap_report(tmp_path: Path
 
     with pytest.raises(httpx.TransportError):
         httpx.get(base_url + "/models", timeout=2)
+
+
+@pytest.mark.slow
+@pytest.mark.embedded_llm
+@needs_llama
+async def test_embedded_smollm2_chat_refine_keeps_the_subject(tmp_path: Path) -> None:
+    """Issue 21.7: with the default SmolLM2, "make it night" after "a lighthouse at dusk" is a
+    refinement, and the revised prompt still draws the lighthouse."""
+    from agent.stages.intake import intake
+    from agent.stages.refine import refine
+
+    settings = Settings.model_validate(
+        {
+            "llm": {"base_url": None, "max_tokens": 300},
+            "artifacts": {"root": str(tmp_path / "artifacts")},
+            "generator": {"model": str(tmp_path / "no-model")},
+        }
+    )
+    services = Services(settings)
+    runtime = Runtime(context=RunContext(), store=None, stream_writer=lambda _: None)
+    state: dict[str, object] = {
+        "request": "make it night",
+        "prompt": "a lighthouse at dusk",
+        "turn": 1,
+        "image": {"image": {"sha256": "0" * 64}},
+        "grounded": {"gen_prompt": "a lighthouse at dusk"},
+    }
+    try:
+        update = await node("intake", intake, services)(state, runtime)
+        assert update["intent"] == "refine"
+        state = {**state, **update}
+        revised = await node("refine", refine, services)(state, runtime)
+    finally:
+        await services.aclose()
+    assert "lighthouse" in revised["grounded"]["gen_prompt"].lower()
+    assert "lighthouse" in revised["prompt"]

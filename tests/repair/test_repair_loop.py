@@ -132,6 +132,10 @@ async def test_two_rounds_inpaint_then_match(
     assert first.mode == "text2img" and second.mode == "inpaint"
     assert second.init_image == rounds[0]["image"]["image"]["sha256"]
     assert second.prompt.startswith("make the table wooden: ")
+    # the critic of round 2 is told the prompt the repaired image was made from
+    assert f"Prompt the image was made from: {second.prompt}" in json.dumps(
+        calls[2]["messages"][-1], ensure_ascii=False
+    )
     store = ArtifactStore.from_settings(settings.artifacts)
     assert second.mask_image is not None
     with store.open_image(second.mask_image) as mask:

@@ -25,7 +25,9 @@ def _reference_chunks(text: str, chunk_chars: int, overlap: int) -> list[tuple[s
     small inputs here): the oracle for what headings and paragraphs mean."""
     from retrieval.ingest import _windows
 
-    heading, chunks, buf, buf_heading = "", [], [], ""
+    heading, buf_heading = "", ""
+    chunks: list[tuple[str, str]] = []
+    buf: list[str] = []
 
     def flush() -> None:
         nonlocal buf
@@ -51,7 +53,7 @@ def _reference_chunks(text: str, chunk_chars: int, overlap: int) -> list[tuple[s
             buf_heading = heading
             chunks.extend((heading, piece) for piece in _windows(para, chunk_chars, overlap))
             continue
-        if buf and sum(len(b) + 2 for b in buf) + len(para) > chunk_chars:
+        if buf and sum([len(b) + 2 for b in buf]) + len(para) > chunk_chars:
             flush()
         if not buf:
             buf_heading = heading

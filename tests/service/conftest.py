@@ -41,6 +41,18 @@ def gw_settings(tmp_path: Path) -> Settings:
     )
 
 
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A throwaway PostgreSQL database for this session (skips when no server answers)."""
+    from tests.support import postgres
+
+    reason = postgres.unavailable()
+    if reason is not None:
+        pytest.skip(reason)
+    with postgres.throwaway_database() as url:
+        yield url
+
+
 @pytest.fixture
 def service_cfg(tmp_path: Path, redis_url: str) -> Callable[..., ServiceSettings]:
     prefix = f"gw-test-{uuid.uuid4().hex[:8]}"

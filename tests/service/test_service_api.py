@@ -9,6 +9,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -387,7 +388,7 @@ def test_images_edit_edits_the_upload(alice: httpx.Client, factory: FakeFactory)
     ],
 )
 def test_images_edit_refuses_bad_uploads_with_400(
-    alice: httpx.Client, files: dict[str, object], data: dict[str, str], param: str
+    alice: httpx.Client, files: dict[str, Any], data: dict[str, str], param: str
 ) -> None:
     r = alice.post("/v1/images/edits", files=files or {"other": ("o", b"o")}, data=data)
     assert r.status_code == 400, r.text
@@ -423,3 +424,31 @@ def test_images_edit_upload_limit_is_its_own(start_server: StartServer) -> None:
             files={"image": ("s.png", _png(), "image/png")},
             data={"prompt": "x"},
         ).status_code in (200, 502)
+
+
+def test_failed_turn_resumes_or_gives_way_to_a_new_message(
+    alice: httpx.Client, factory: FakeFactory
+) -> None:
+    """A failed turn with saved progress: /resume continues it (request None: from the
+    checkpoint); a message instead drops the unfinished stages and starts the next turn."""
+    run_id = start_run(alice, "please fail")
+    failed = wait_status(alice, run_id, ("failed",))
+    assert "groundwork run --thread" not in (failed["error"] or "")
+    runner = factory.runner
+    assert runner is not None
+    assert alice.post(f"/v1/runs/{run_id}/resume").status_code == 409  # nothing pending
+    runner.pending_map[run_id] = ("generate",)
+    runner.values_map[run_id] = {"request": "now it works"}
+    r = alice.post(f"/v1/runs/{run_id}/resume")
+    assert r.status_code == 202 and r.json()["turn"] == 1, r.text
+    assert wait_status(alice, run_id, ("done",))["turn"] == 1
+    assert runner.calls[-1]["request"] is None
+    assert alice.post(f"/v1/runs/{run_id}/resume").status_code == 409  # done: not resumable
+
+    second = start_run(alice, "please fail again")
+    wait_status(alice, second, ("failed",))
+    runner.pending_map[second] = ("critique",)
+    r = alice.post(f"/v1/runs/{second}/messages", json={"message": "a calm lake"})
+    assert r.status_code == 202, r.text
+    assert wait_status(alice, second, ("done",))["request"] == "a calm lake"
+    assert runner.discarded == [second]

@@ -262,6 +262,6 @@ def test_official_openai_client_edits_an_image(
 
     with source.open("rb") as f, pytest.raises(openai.BadRequestError) as caught:
         client.images.edit(image=f, prompt="x", n=50)
-    assert caught.value.body and caught.value.param == "n"  # type: ignore[attr-defined]
+    assert caught.value.body and caught.value.param == "n"
     with pytest.raises(openai.BadRequestError):
         client.images.edit(image=("x.png", b"not an image", "image/png"), prompt="make it night")

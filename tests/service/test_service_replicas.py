@@ -16,7 +16,6 @@ import subprocess
 import sys
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -24,21 +23,11 @@ import pytest
 
 from tests.service.conftest import TOKENS, auth, read_sse, wait_status
 from tests.service.fakes import free_port
-from tests.support import postgres
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
 RUNS = 50
-
-
-@pytest.fixture(scope="module")
-def pg_url() -> Iterator[str]:
-    reason = postgres.unavailable()
-    if reason is not None:
-        pytest.skip(reason)
-    with postgres.throwaway_database() as url:
-        yield url
 
 
 class Replica:

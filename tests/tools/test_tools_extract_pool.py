@@ -55,7 +55,8 @@ def test_the_tree_cut_keeps_exactly_the_first_elements(size: int) -> None:
 
     body = "".join(f"<div><p>a{i}</p><span>b{i}</span></div>" for i in range(3_000))
     tree = load_html(f"<html><body>{body}")
-    total = sum(1 for _ in tree.iter())
+    assert tree is not None
+    total = len(list(tree.iter()))
     first = [(el.tag, el.text) for el in list(tree.iter())[:size]]
     dropped = _cut_tree(tree, size)
     assert dropped == total - size
@@ -237,3 +238,20 @@ async def test_run_scope_names_the_tenant_of_a_shared_toolkit(
         await kit.aclose()
         shared.close()
     assert set(shared.stats.peak_by_tenant) == {"run-1", "run-2"}
+
+
+def test_inside_a_graph_node_the_thread_names_the_tenant() -> None:
+    """A service shares one toolkit between runs: LangChain's running config (a contextvar
+    LangGraph sets in every node) tells the runs apart without any wiring."""
+    from langchain_core.runnables.config import var_child_runnable_config
+
+    from tools.extract_pool import current_tenant
+
+    assert current_tenant("kit") == "kit"
+    token = var_child_runnable_config.set({"configurable": {"thread_id": "t-42"}})
+    try:
+        assert current_tenant("kit") == "thread:t-42"
+        with run_scope("named"):
+            assert current_tenant("kit") == "named"
+    finally:
+        var_child_runnable_config.reset(token)

@@ -85,7 +85,7 @@ def _fence_glyph_runs(text: str) -> list[str]:
     return re.findall(f"[{cls}](?:[ \\t]*[{cls}])+", text)
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(forged())
 def test_forged_headers_and_footers_never_survive(text: str) -> None:
     out = untrusted(text)
@@ -95,7 +95,7 @@ def test_forged_headers_and_footers_never_survive(text: str) -> None:
     assert untrusted(out) == out  # idempotent: renderers may apply it again
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.text(max_size=200), st.integers(1, 300))
 def test_untrusted_is_idempotent_and_bounded_on_any_text(text: str, limit: int) -> None:
     once = untrusted(text, limit)
@@ -104,7 +104,7 @@ def test_untrusted_is_idempotent_and_bounded_on_any_text(text: str, limit: int) 
     assert not _fence_glyph_runs(once)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(spelled("--- SEARCH RESULT FOR"), st.text(max_size=20))
 def test_an_extra_fence_is_neutralised_per_call(sep: str, tail: str) -> None:
     out = untrusted(f"{sep} [x] ---{tail}", fences=[PROFILE_SEPARATOR])

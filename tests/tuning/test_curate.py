@@ -144,3 +144,85 @@ def test_folder_teacher_and_config_file(tmp_path: Path, scripted_llm: ScriptedLL
     assert none is None and "no image" in why
     assert parse_prompt_list('x ["a", " ", 3, "b"] y') == ["a", "b"]
     assert parse_prompt_list("no list") is None
+
+
+@pytest.mark.slow
+async def test_curate_generates_through_the_worker_fleet(
+    tmp_path: Path, tiny_pipeline: Path, scripted_llm: ScriptedLLM, redis_url: str
+) -> None:
+    """generator.backend = "queue": teacher and student images are Redis jobs a worker makes;
+    round 2's student images come from the round-1 tuned folder, loaded by the worker."""
+    import asyncio
+    import uuid
+
+    from core.artifacts import ArtifactStore
+    from generators.diffusers_backend import DiffusersGenerator
+    from generators.queue.worker import Worker
+    from generators.settings import GeneratorSettings, QueueSettings
+    from tests.support.tiny_pipeline import build_tiny_pipeline
+
+    teacher_model = build_tiny_pipeline(tmp_path / "teacher", seed=1)
+    prefix = f"curate{uuid.uuid4().hex[:6]}"
+    queue = {
+        "redis_url": redis_url,
+        "key_prefix": prefix,
+        "stream": f"{prefix}:jobs",
+        "group": f"{prefix}-workers",
+        "dead_letter_stream": f"{prefix}:dead",
+        "job_timeout_s": 120,
+    }
+    artifacts = tmp_path / "artifacts"
+    scripted_llm.add(
+        "PreferenceAnswer",
+        {"winner": "first"}, {"winner": "second"},  # round 1: the teacher wins
+        {"winner": "tie"}, {"winner": "tie"},  # round 2
+    )  # fmt: skip
+    config = _config(
+        tmp_path,
+        tiny_pipeline,
+        {"kind": "generator", "model": str(teacher_model), "steps": 2},
+        scripted_llm,
+        rounds=2,
+        prompts=["a red house"],
+        settings={
+            "generator": {"model": str(tiny_pipeline), "backend": "queue"},
+            "queue": queue,
+            "artifacts": {"root": str(artifacts)},
+        },
+        evolve={"expand_n": 0, "mutate_n": 0},
+    )
+    store = ArtifactStore(artifacts)
+    gen = DiffusersGenerator(GeneratorSettings(model=str(tiny_pipeline), device="cpu"), store)
+    worker = Worker(gen, QueueSettings.model_validate(queue), consumer="w1")
+    run = asyncio.create_task(worker.run())
+    try:
+        result = await Curator(config).run()
+    finally:
+        worker.request_stop()
+        await run
+        await worker.aclose()
+        await gen.aclose()
+    assert [r.judged for r in result.rounds] == [1, 1]
+    sample = load_dataset(config.out_dir, 2).samples[0]
+    assert sample.history == ["teacher", "tie"] and sample.student_image
+    made_by = store.meta(Path(sample.student_image).stem)
+    assert made_by["model"] == str(config.out_dir / "student" / "v001")
+    # the worker's pipeline made them all: teacher, student base, then the student's LoRA as
+    # an adapter on the resident base (no third load)
+    assert gen.loads == 2
+
+
+def test_cli_commands_report_bad_configs_in_one_line(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from cli.tune import tune_app
+
+    runner = CliRunner()
+    missing = runner.invoke(tune_app, ["feedback", str(tmp_path / "nope.toml")])
+    assert missing.exit_code == 2 and "not found" in missing.output
+    (tmp_path / "c.toml").write_text('student = "s"\nprompts = ["a"]\n')
+    no_judge = runner.invoke(tune_app, ["curate", str(tmp_path / "c.toml")])
+    assert no_judge.exit_code == 2 and "judge" in no_judge.output
+    (tmp_path / "bad.toml").write_text("rounds = 0\n")
+    bad = runner.invoke(tune_app, ["curate", str(tmp_path / "bad.toml")])
+    assert bad.exit_code == 2 and "invalid curate config" in bad.output

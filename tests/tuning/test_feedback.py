@@ -154,6 +154,17 @@ def test_vlm_judge_gives_a_differentiable_yes_logit(tmp_path: Path) -> None:
         opt.step()
     after = judge.log_p_yes(pixels.detach(), ["a", "a"], questions)
     assert float(after.sum()) > float(first.detach().sum())
+    # a batch mixing prompts answers each image like a batch of one
+    mixed = judge.log_p_yes(images.detach(), ["a", "red"], questions)
+    alone = judge.log_p_yes(images.detach()[1:], ["red"], questions)
+    assert torch.allclose(mixed[1], alone[0], atol=1e-5)
+    # an image prompt: the reference goes in after the generated image, through the processor
+    from PIL import Image
+
+    Image.new("RGB", (20, 20), "blue").save(tmp_path / "ref.png")
+    ref_q = [Question(text="Is it the image ?", images=[str(tmp_path / "ref.png")])]
+    with_ref = judge.log_p_yes(images.detach(), ["a", "a"], ref_q)
+    assert with_ref.shape == (2, 1) and bool(torch.isfinite(with_ref).all())
     # yes/no normalized score is a probability over the two answers
     judge.config.score = "yes_no"
     p = judge.log_p_yes(images.detach(), ["a", "a"], questions).exp()

@@ -28,9 +28,7 @@ def make_tuned_folder(folder: Path, base: Path, *, seed: int = 0) -> Path:
     return save_tuned_folder(pipe, folder, str(base), {"method": "test"})
 
 
-async def test_tuned_generator_arm_through_the_harness(
-    tmp_path: Path, tiny_pipeline: Path
-) -> None:
+async def test_tuned_generator_arm_through_the_harness(tmp_path: Path, tiny_pipeline: Path) -> None:
     from evals import arun_eval, parse_config
     from evals.store import ResultStore
 
@@ -83,6 +81,9 @@ async def test_backend_loads_a_tuned_folder_and_switches_adapters(
         ArtifactStore(tmp_path / "artifacts"),
     )
     try:
+        # before anything is loaded, a tuned folder reads as its base model's configs
+        caps = await gen.capabilities(str(tuned))
+        assert caps.prompt_budget_why == "" and gen.prompt_budget(str(tuned)) is not None
         req = GenerationRequest(prompt="a red house", width=64, height=64, steps=2, seed=3)
         base = await gen.generate(req)
         lora = await gen.generate(req.model_copy(update={"model": str(tuned)}))
