@@ -37,7 +37,7 @@ import json5
 from core.errors import InputError
 from tools.observations import ImageHit, Observation, Passage, SearchHit
 from tools.registry import ALL_TOOLS, GEN_SEARCHER_TOOLS
-from tools.render import render_observations, untrusted
+from tools.render import protect_fence, render_observations, untrusted
 
 Message = dict[str, Any]
 
@@ -188,6 +188,18 @@ def _render_blocks(
 
 def _cut(text: str, budget: int) -> str:
     return text if len(text) <= budget else text[: max(0, budget - 15)].rstrip() + " …[truncated]"
+
+
+# Gen-Searcher's own result separators: no web string may forge one (tools.render folds every
+# spelling of these words in every later `untrusted()` call, whatever path renders the string).
+GS_FENCES = (
+    "--- search result for",
+    "--- end of search result ---",
+    "--- image search result for",
+    "--- end of image search result ---",
+    "[Tool Error]",
+)
+protect_fence(*GS_FENCES)
 
 
 def _gs_render(

@@ -76,6 +76,14 @@ _PREFIX: dict[RoleGroup, str] = {
 }
 
 
+def _chain(group: RoleGroup) -> list[RoleGroup]:
+    """A group and the groups it falls back to, in order (judge -> critic)."""
+    chain: list[RoleGroup] = [group]
+    while (nxt := _FALLBACK[chain[-1]]) is not None:
+        chain.append(nxt)
+    return chain
+
+
 def role_spec(role: Role) -> RoleSpec:
     try:
         return ROLES[role]
@@ -183,9 +191,7 @@ class LLMSettings(BaseModel):
         """The endpoint, model and key one role uses: its group's own, else the group it falls
         back to (judge -> critic), else `base_url`/`model`/`api_key`."""
         spec = role_spec(role)
-        chain: list[RoleGroup] = [spec.group]
-        while (nxt := _FALLBACK[chain[-1]]) is not None:
-            chain.append(nxt)
+        chain = _chain(spec.group)
 
         def pick(attr: str) -> Any:
             for group in chain:
@@ -198,6 +204,15 @@ class LLMSettings(BaseModel):
         model = per_stage or pick("model") or self.model
         key: SecretStr = pick("api_key") or self.api_key
         return Endpoint(pick("base_url") or self.base_url, model, key.get_secret_value())
+
+    def source_field(self, role: Role, attr: Literal["base_url", "api_key"]) -> str:
+        """The field that gives `role` its endpoint or key (e.g. "policy_base_url", else
+        "base_url"), so an error about a dead endpoint or a refused key names what to fix."""
+        for group in _chain(role_spec(role).group):
+            name = _PREFIX[group] + attr
+            if getattr(self, name, None) is not None:
+                return name
+        return attr
 
     def model_for(self, role: Role) -> str:
         return self.endpoint_for(role).model

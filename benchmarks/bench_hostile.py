@@ -53,7 +53,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 files, legacy, budget_mb = json.loads(sys.argv[1]), sys.argv[2] == "1", int(sys.argv[3])
-import retrieval.safe_image as si
+import core.images as si
 if legacy:  # the old accounting: ~3 bytes per pixel whatever the format
     si.bytes_per_pixel = lambda fmt, mode, animated: 3
 from core.artifacts import ArtifactStore
@@ -122,7 +122,7 @@ def _measure(files: list[Path], legacy: bool, budget_mb: int) -> dict[str, float
 
 
 def bench_images(count: int, side: int, legacy: bool) -> None:
-    from retrieval.safe_image import bytes_per_pixel
+    from core.images import bytes_per_pixel
 
     print(
         f"\n-- image_search peak RSS: {count} worst-case images per format, {side}x{side} "

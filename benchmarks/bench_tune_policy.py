@@ -26,6 +26,7 @@ import asyncio
 import json
 import random
 import re
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -425,9 +426,9 @@ def evaluate(
             f"({time.perf_counter() - started:.0f}s to start)",
             flush=True,
         )
-        settings = settings_for(
-            out / label, served.base_url, served.model, max_tool_calls=max_tool_calls
-        )
+        where = out / "eval" / label  # fresh threads: a finished thread would take a 2nd turn
+        shutil.rmtree(where, ignore_errors=True)
+        settings = settings_for(where, served.base_url, served.model, max_tool_calls=max_tool_calls)
         t0 = time.perf_counter()
         dirs = asyncio.run(run_prompts(settings, prompts, concurrency))
         print(f"[{label}] {len(prompts)} runs in {time.perf_counter() - t0:.0f}s", flush=True)
@@ -439,6 +440,7 @@ def teach_and_train(args: Any, out: Path, world: World, teacher: Any) -> tuple[A
     from tuning.policy import parse_config, train_policy
 
     t0 = time.perf_counter()
+    shutil.rmtree(out / "teacher", ignore_errors=True)  # fresh threads and run folders
     settings = settings_for(
         out / "teacher", teacher.base_url, "teacher", max_tool_calls=args.max_tool_calls
     )

@@ -238,7 +238,7 @@ def run(
         if prompt is not None or thread is None:
             request = validate_prompt(prompt, settings.agent.prompt_max_chars)
         check_outputs(settings)
-        preflight(settings)
+        preflight(settings, policy=_policy(policy))
         thread_id = thread or uuid.uuid4().hex
         console.print(f"[bold]thread[/] {escape(thread_id)}", highlight=False)
         return asyncio.run(_run_one(settings, request, thread_id, _policy(policy)))
@@ -275,7 +275,7 @@ def chat(
             overrides, out=out, offline=offline, ask_questions=False if no_questions else None
         )
         check_outputs(settings)
-        preflight(settings)
+        preflight(settings, policy=_policy(policy))
         thread_id = thread or uuid.uuid4().hex
         asyncio.run(_chat_loop(settings, thread_id, _policy(policy), resume=thread is not None))
 

@@ -32,6 +32,10 @@ if TYPE_CHECKING:
 
 
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
+STORED_MAX_PIXELS = 8192 * 8192
+"""Cap on a stored image's declared size when it is decoded (generated images are far smaller;
+web images were already checked when fetched, this guards the store itself)."""
+STORED_MAX_BYTES = 1536 * 1024 * 1024
 _EXT = {"image/png": ".png", "image/jpeg": ".jpg", "image/webp": ".webp", "image/gif": ".gif"}
 
 
@@ -167,9 +171,20 @@ class ArtifactStore:
         return self.path(sha256).read_bytes()
 
     def open_image(self, sha256: str) -> Image.Image:
+        """The stored image, decoded through the one guarded decoder: the store also holds web
+        images, so a bomb or a broken file is `ImageRejected`, never a Pillow exception."""
+        import io
+
         from PIL import Image
 
-        with Image.open(self.path(sha256)) as im:
+        from core.images import FILE_FORMATS, guarded, probe_image
+
+        what = f"artifact {sha256[:12]}"
+        data = self.path(sha256).read_bytes()
+        probe_image(
+            data, FILE_FORMATS, max_pixels=STORED_MAX_PIXELS, max_bytes=STORED_MAX_BYTES, what=what
+        )
+        with guarded(what), Image.open(io.BytesIO(data), formats=list(FILE_FORMATS)) as im:
             im.load()
             return im.convert("RGB") if im.mode not in ("RGB", "L") else im.copy()
 

@@ -15,7 +15,6 @@ harness records it (a failed run is a result, not a crash).
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import os
 import time
@@ -24,11 +23,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from langchain_core.messages import HumanMessage, SystemMessage
-from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, Field, SecretStr
 
 from agent.settings import RunContext, Settings
 from core.errors import GroundworkError, InputError
+from core.images import FILE_FORMATS, ImageRejected, decode_image
 from evals.config import (
     AgentArm,
     ArmConfig,
@@ -181,6 +180,9 @@ class RewrittenPrompt(BaseModel):
     gen_prompt: str = Field(description="The detailed prompt for the image model.", max_length=1500)
     negative_prompt: str = Field(default="", max_length=300)
 
+
+IMPORT_MAX_PIXELS = 64_000_000
+"""Cap on an imported image's declared size (a decompression-bomb guard)."""
 
 REWRITE_SYSTEM = (
     "You rewrite prompts for a text-to-image model that knows nothing after its training and "
@@ -396,11 +398,10 @@ class ImportedSystem:
         except OSError as exc:
             return Produced("failed", error=f"cannot read imported image {path}: {exc}")
         try:
-            with Image.open(io.BytesIO(data)) as im:
-                im.load()
-                ref = self.store.put_image(im.convert("RGB"), {"imported_from": str(path)})
-        except (UnidentifiedImageError, OSError) as exc:
+            decoded = decode_image(data, FILE_FORMATS, max_pixels=IMPORT_MAX_PIXELS, what=str(path))
+        except ImageRejected as exc:
             return Produced("failed", error=f"{path} is not a readable image: {exc}")
+        ref = self.store.put_image(decoded.image, {"imported_from": str(path)})
         output: dict[str, Any] = {k: entry[k] for k in ("stages", "usage", "wall_s") if k in entry}
         return Produced(
             "done",

@@ -26,6 +26,7 @@ from generators.families import (
 )
 from generators.prompt_budget import PromptBudget
 from generators.settings import GeneratorSettings
+from generators.tuned import tuned_base
 
 log = logging.getLogger(__name__)
 
@@ -143,11 +144,12 @@ def static_capabilities(
 
     Whether an IP-Adapter is usable comes from `settings` (the workers' generator settings,
     normally the same environment) and whether its weights file is in reach; without settings
-    references are reported as not used.
+    references are reported as not used. A tuned folder is described by its base model's
+    configs and tokenizers (how a queue client, which has no pipeline, describes it).
     """
     from generators.ip_adapter import ip_adapter_plan
 
-    info = model_info(model)
+    info = model_info(tuned_base(model))
     local_only = settings.local_files_only if settings is not None else None
     budget, budget_why = budget_or_why(model, local_only)
     if settings is None:

@@ -18,7 +18,6 @@ import contextlib
 import functools
 import logging
 import os
-import re
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -28,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from core.artifacts import ArtifactNotFound, ArtifactStore
 from core.device import resolve_device, resolve_dtype
+from core.images import ImageRejected
 from core.imports import heavy_imports
 from generators.base import (
     GenerationCancelled,
@@ -45,6 +45,8 @@ from generators.ip_adapter import ip_adapter_plan, load_ip_adapter
 from generators.prompt_budget import PromptBudget
 from generators.regional import check_regional, regional_unet
 from generators.settings import GeneratorSettings
+from generators.tuned import LORA_MANIFEST, LORA_WEIGHTS, tuned_base
+from generators.tuned import looks_like_path as _looks_like_path
 
 if TYPE_CHECKING:
     import torch
@@ -52,12 +54,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _FIX_ENV = "GROUNDWORK_GENERATOR__MODEL"
-LORA_MANIFEST = "groundwork_lora.json"
-"""A "tuned folder" (written by `groundwork tune feedback|curate`) holds this manifest naming
-its base model, and diffusers LoRA weights: used as a model, it loads the base plus the LoRA."""
-LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
 
 SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
     "ddim": ("DDIMScheduler", {}),
@@ -94,12 +91,6 @@ def _hf_cache_dir() -> str:
     from huggingface_hub import constants
 
     return str(constants.HF_HUB_CACHE)
-
-
-def _looks_like_path(model: str) -> bool:
-    if model.startswith(("/", "./", "../", "~", ".\\")) or "\\" in model:
-        return True
-    return Path(model).expanduser().exists() or not _HUB_ID_RE.match(model)
 
 
 def resolve_model(model: str, *, local_files_only: bool) -> ResolvedModel:
@@ -190,23 +181,6 @@ def _resolve_tuned(folder: Path, *, local_files_only: bool) -> ResolvedModel:
             "point base_model at a diffusers model"
         )
     return ResolvedModel(base, resolved.source, resolved.location, str(folder), weight)
-
-
-def tuned_base(model: str) -> str:
-    """The base model of a tuned folder (its configs and tokenizers are the base's), else
-    `model` itself; never raises (a broken folder is reported when it is loaded)."""
-    import json
-
-    folder = Path(model).expanduser()
-    manifest = folder / LORA_MANIFEST
-    if not _looks_like_path(model) or not manifest.is_file():
-        return model
-    if (folder / "model_index.json").is_file():
-        return model
-    try:
-        return str(json.loads(manifest.read_text(encoding="utf-8"))["base_model"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return model
 
 
 def _hub_unreachable_errors() -> tuple[type[BaseException], ...]:
@@ -681,6 +655,11 @@ class DiffusersGenerator:
             raise GeneratorError(
                 f"{what} {sha} is not in the artifact store {self.store.root}; fix: store it "
                 "first (ArtifactStore.put_image) on a volume this generator mounts"
+            ) from e
+        except ImageRejected as e:
+            raise GeneratorError(
+                f"{what} {sha} in the artifact store does not decode safely ({e}); fix: "
+                "use another image (a non-retryable input error)"
             ) from e
         im = im.convert(mode)
         return im if size is None or im.size == size else im.resize(size)

@@ -22,6 +22,7 @@ from typing import Any, Protocol, runtime_checkable
 from core.imports import heavy_imports
 from generators.base import ModelNotFoundError, default_model_of
 from generators.families import Family, ModelInfo, info_from_configs, info_from_pipeline
+from generators.tuned import tuned_base
 
 SEQUENCE_TOKENIZERS: dict[Family, tuple[str, int]] = {
     "flux": ("tokenizer_2", 512),
@@ -110,8 +111,10 @@ class PromptBudget:
         answer and downloads are allowed (not `local_files_only`, not HF_HUB_OFFLINE) are
         `model_index.json` and the tokenizer folders fetched (kilobytes). The answer, or the
         failure, is kept per model and process (a failure for FAILURE_TTL_S), so a run never
-        waits on the hub for what an earlier run already asked (issue 21.4).
+        waits on the hub for what an earlier run already asked (issue 21.4). A tuned folder
+        (LoRA on a base model) has its base model's tokenizers.
         """
+        model = tuned_base(model)
         offline = bool(local_files_only) or _env_offline()
         key = (model, offline)
         with _resolve_lock:  # concurrent runs wait for one resolution, not one each

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import sqlite3
+import sys
 import uuid
 from collections.abc import Callable
 from contextlib import AsyncExitStack
@@ -35,12 +36,42 @@ from core.errors import GroundworkError, InputError
 from graphs.build import CheckpointError, Graph, Policy, build_graph, open_checkpointer
 from graphs.locks import thread_lock
 from graphs.run_folder import check_writable, write_turn
+from graphs.store import StoreError, describe_url
 
 _NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
 class DiskFull(GroundworkError):
     """A write during the run found the disk full; the thread resumes once there is room."""
+
+
+def checkpoint_errors() -> tuple[type[BaseException], ...]:
+    """What a checkpoint database raises when it fails under a run: SQLite's errors, the
+    PostgreSQL store's own, and psycopg's once psycopg is loaded (only the PostgreSQL
+    checkpointer loads it, so a SQLite-only process never imports it here)."""
+    errors: list[type[BaseException]] = [sqlite3.Error, StoreError]
+    psycopg = sys.modules.get("psycopg")
+    if psycopg is not None:
+        errors.append(psycopg.Error)
+    return tuple(errors)
+
+
+def _checkpoint_failed(settings: Settings, thread_id: str, exc: BaseException) -> str:
+    resume = f"resume with groundwork run --thread {thread_id}"
+    if isinstance(exc, StoreError):
+        return f"{exc}; then {resume}"
+    text = str(exc).strip()
+    reason = text.splitlines()[0] if text else type(exc).__name__
+    if isinstance(exc, sqlite3.Error):
+        return (
+            f"the checkpoint database {settings.checkpoint_db} failed: {reason}; free disk space "
+            f"(or move a damaged file aside), then {resume}"
+        )
+    where = describe_url(settings.store.url) if settings.store.url else "PostgreSQL"
+    return (
+        f"the checkpoint database {where} failed: {reason}; check that PostgreSQL is up and "
+        f"reachable (GROUNDWORK_STORE__URL), then {resume} (finished stages are kept)"
+    )
 
 
 class RunEvent(TypedDict):
@@ -184,6 +215,7 @@ class Runner:
         lock = thread_lock(settings, thread_id)
         # Off the event loop and cancel-safe: a cancelled start still releases the lock.
         await lock.acquire_async()
+        db_errors = checkpoint_errors()
         try:
             snapshot = await graph.aget_state(config)
             # A task whose writes were saved but whose checkpoint was not (the disk filled
@@ -248,13 +280,8 @@ class Runner:
                     f"space, then resume with groundwork run --thread {thread_id} (finished "
                     "stages are not repeated)"
                 ) from exc
-            except sqlite3.Error as exc:
-                # The checkpoint database failed mid-run (disk full, file damaged): one line.
-                raise CheckpointError(
-                    f"the checkpoint database {settings.checkpoint_db} failed: {exc}; free disk "
-                    "space (or move a damaged file aside), then resume with groundwork run "
-                    f"--thread {thread_id}"
-                ) from exc
+            except db_errors:
+                raise  # the checkpoint database: one line below, not a stage failure
             except GroundworkError as exc:
                 after = (await graph.aget_state(config)).next
                 where = f" at {', '.join(after)}" if after else ""
@@ -274,6 +301,10 @@ class Runner:
                     thread_id, "interrupted", None, self._output(values), question=question
                 )
             return await self._finish(thread_id, values, settings, write_folder, error)
+        except db_errors as exc:
+            # The checkpoint database failed mid-run (disk full, file damaged, PostgreSQL gone):
+            # one line and how to go on, whichever database it is.
+            raise CheckpointError(_checkpoint_failed(settings, thread_id, exc)) from exc
         finally:
             await lock.release_async()
 

@@ -42,7 +42,7 @@ from pydantic import BaseModel, Field
 
 from core.errors import GroundworkError
 from retrieval.kb import Collection, KnowledgeBase, stable_id
-from retrieval.safe_image import FILE_FORMATS, ImageRejected, decode_image, probe_image
+from core.images import FILE_FORMATS, ImageRejected, decode_image, probe_image
 from retrieval.text import clean_text
 
 if TYPE_CHECKING:
@@ -516,7 +516,7 @@ class Ingestor:
             return self._skip(path, "duplicate", f"same content as {self._by_sha['images'][sha]}")
         cap = self.settings.max_image_pixels
         try:
-            # The one guarded decoder (retrieval.safe_image): header checked against the pixel
+            # The one guarded decoder (core.images): header checked against the pixel
             # cap before any pixel is decoded; bombs, truncation and junk become ImageRejected.
             probe = probe_image(data, IMAGE_FORMATS, max_pixels=2**62, what="image")
             if probe.pixels > cap:

@@ -264,7 +264,7 @@ class KnowledgeBase:
         if isinstance(image, PILImage.Image):
             vec = emb.embed_images([image])[0]
         else:
-            from retrieval.safe_image import ImageRejected, open_image_file
+            from core.images import ImageRejected, open_image_file
 
             cap = self.settings.max_image_pixels
             try:  # the guarded decoder: header checked against the cap before any pixel

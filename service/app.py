@@ -41,7 +41,7 @@ from agent.settings import Settings
 from agent.stages.intake import validate_prompt
 from core.artifacts import ArtifactNotFound, ArtifactStore
 from core.errors import GroundworkError, InputError
-from retrieval.safe_image import ImageRejected, decode_image
+from core.images import ImageRejected, decode_image
 from service.auth import Auth
 from service.events import EventLog
 from service.forms import field as form_field

@@ -204,9 +204,12 @@ class PgRunStore:
             if any(w.statements for w in batch):
                 try:
                     await self._commit(batch)
-                except _db_errors() as e:
-                    if len(batch) == 1:
-                        errors[0] = e
+                except Exception as e:  # noqa: BLE001 - reported to every waiter below
+                    # whatever the driver raises, the writer must live on: a dead writer
+                    # would leave every later write (and a cancel waiting on one) hanging
+                    if len(batch) == 1 or not isinstance(e, _db_errors()):
+                        log.exception("service database batch failed (%d writes)", len(batch))
+                        errors = dict.fromkeys(range(len(batch)), e)
                     else:
                         for k, write in enumerate(batch):
                             try:

@@ -1,6 +1,6 @@
 """Turning downloaded bytes into images the rest of Groundwork can trust.
 
-Every decode goes through `retrieval.safe_image` (the one guarded image-open helper, shared with
+Every decode goes through `core.images` (the one guarded image-open helper, shared with
 knowledge-base ingestion): an image is accepted only after a full decode, since a header that
 parses says nothing about the pixel data behind it; every decoder failure (a decompression
 bomb, a truncated file, an unknown format) becomes `ImageRejected`, the failure of that one
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from retrieval.safe_image import (
+from core.images import (
     MEDIA_TYPES,
     WEB_FORMATS,
     DecodedImage,

@@ -29,7 +29,7 @@ class ToolSettings(BaseModel):
         gt=0,
         description="Memory (MB) that ALL image decodes of a toolkit may hold at once "
         "(concurrent image searches share it), counted per format from each header before "
-        "decoding (WebP ~20 bytes per pixel, PNG/JPEG 5-8, see retrieval.safe_image); an image "
+        "decoding (WebP ~20 bytes per pixel, PNG/JPEG 5-8, see core.images); an image "
         "that alone would need more is refused, not decoded.",
     )
     work_image_px: int = Field(

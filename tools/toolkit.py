@@ -12,7 +12,7 @@ goes through `tools.render.untrusted` where it is made. Successful results are c
 web and local images alike, so an id names one image for the whole run. Decoded pixels held
 at once are bounded toolkit-wide (`max_decoded_mb`, counted in bytes per format before
 decoding), however many image searches run concurrently; every decode goes through
-`retrieval.safe_image`, so a bomb, a truncated file or an unknown format fails that one image,
+`core.images`, so a bomb, a truncated file or an unknown format fails that one image,
 never the call. Pages are read in killable worker processes (`tools.extract_pool`).
 """
 
@@ -404,7 +404,7 @@ class Toolkit:
         """Fully decode `data` (the proof it is an image) under the toolkit's decode budget and
         keep a reduced copy; the full decode is freed before the budget is given back.
 
-        The header is read first (`retrieval.safe_image.probe_image`): its pixel count and the
+        The header is read first (`core.images.probe_image`): its pixel count and the
         bytes the decode will take for that format are checked against the caps, so a bomb is
         refused without waiting for the budget, and the budget is taken in bytes. If the caller
         is cancelled (deadline, abandoned download) while the decode thread still runs, the

@@ -295,15 +295,17 @@ class Teacher:
 
 
 def _png(data: bytes) -> bytes:
-    from PIL import Image, UnidentifiedImageError
+    """A teacher's image re-encoded as PNG, decoded through the one guarded decoder (an
+    images endpoint or a folder is outside data: bombs and broken files are refused)."""
+    from core.images import WEB_FORMATS, ImageRejected, decode_image
 
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            out = io.BytesIO()
-            im.convert("RGB").save(out, format="PNG")
-            return out.getvalue()
-    except (UnidentifiedImageError, OSError) as exc:
+        decoded = decode_image(data, (*WEB_FORMATS, "BMP", "TIFF"), max_pixels=64_000_000)
+    except ImageRejected as exc:
         raise TuningError(f"a teacher image is not readable: {exc}") from exc
+    out = io.BytesIO()
+    decoded.image.save(out, format="PNG")
+    return out.getvalue()
 
 
 async def _generate(

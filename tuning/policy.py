@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 import shutil
 import time
@@ -583,11 +584,16 @@ def model_card(
         for s in manifest["sources"]
     )
     train = manifest["train"]
+    folder = result.folder
     serve = (
-        f"transformers serve {info['merged']} --host 127.0.0.1 --port 8000"
+        f"transformers serve {folder / info['merged']} --host 127.0.0.1 --port 8000"
         if info["merged"]
         else f"vllm serve {info['base_path']} --enable-lora --lora-modules "
-        f"{config.name}={info['weights']}"
+        f"{config.name}={folder / info['weights']}"
+    )
+    seen = min(
+        result.global_step * config.batch_size * config.grad_accum,
+        math.ceil(config.epochs * train["examples"]),
     )
     gguf = f" (GGUF `{info['gguf_file']}`, dequantized)" if info["gguf_file"] else ""
     lora = (
@@ -606,7 +612,8 @@ def model_card(
 {sources}
 
 Only runs whose critique matched every requirement: {config.only_matched}.
-{train["examples"]} training conversations from {len(train["prompts"])} prompts
+{train["examples"]} training conversations from {len(train["prompts"])} prompts, of which
+about {seen} were seen ({result.global_step} steps of {config.batch_size * config.grad_accum})
 ({train["tokens"]} tokens, {train["assistant_tokens"]} of them the assistant's);
 {held["examples"]} held-out conversations from {len(held["prompts"])} other prompts
 (the split is by prompt, so no prompt is on both sides).

@@ -41,6 +41,7 @@ from agent.contracts import (
     fallback_requirements,
 )
 from agent.llm import call_record, image_data_url, invoke
+from agent.offline import web_unavailable_notice
 from agent.profiles import (
     OrdinalRef,
     Parsed,
@@ -521,6 +522,8 @@ async def tools(run: StageRun) -> Result:
             parts.append({"type": "text", "text": f"{img_id}:"})
             parts.append({"type": "image_url", "image_url": {"url": f"artifact:{sha}"}})
         messages.append({"role": "user", "content": parts})
+    before = [Observation.model_validate(o) for o in state.get("observations") or []]
+    now = [Observation.model_validate(o) for o in observations[len(before) :]]
     return Result(
         {
             "messages": messages,
@@ -528,6 +531,8 @@ async def tools(run: StageRun) -> Result:
             "image_ids": registry.ids(),
             "tool_calls": used,
             "react_seen": sorted(k.split("::", 1) for k in seen),
+            # offline (or web search off) is said once per run, not once per tool call
+            "notices": web_unavailable_notice(now, before),
         },
         f"{len(calls)} call(s), {used}/{cap} of the tool budget used",
     )

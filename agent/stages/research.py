@@ -11,9 +11,10 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from agent.contracts import GapReport
+from agent.offline import web_unavailable_notice
 from agent.stage import Result, StageRun
 from tools.observations import ImageRegistry, Observation, SearchHit, ToolName
-from tools.registry import TOOLS, ToolSpec
+from tools.registry import TOOLS, ToolSpec, get_tool
 
 if TYPE_CHECKING:
     from tools.toolkit import Toolkit
@@ -60,6 +61,9 @@ async def research(run: StageRun) -> Result:
     timeout = settings.tools.timeout_s + 5.0
     has_kb = settings.retrieval.kb_dir.expanduser().exists()
 
+    # Both waves go through the tool registry (tools/registry.py): each call is run by its
+    # ToolSpec, counted against the one per-run budget and deduplicated by its `dedupe_key`.
+    seen: set[str] = set()
     calls: list[ToolCall] = []
     for gap in report.gaps:
         # Every tool that plans calls for a gap, in the registry's order.
@@ -67,8 +71,7 @@ async def research(run: StageRun) -> Result:
             if spec.plan is None or (spec.requires_kb and not has_kb):
                 continue
             for args in spec.plan(gap):
-                label = spec.label(args)
-                calls.append((spec.name, label, partial(_first, spec, toolkit, args, registry)))
+                calls += _planned(spec, args, spec.label(args), seen, toolkit, registry)
     skipped = calls[max(budget, 0) :]
     calls = calls[: max(budget, 0)]
     semaphore = asyncio.Semaphore(settings.agent.research_concurrency)
@@ -82,7 +85,9 @@ async def research(run: StageRun) -> Result:
     observations = list(await asyncio.gather(*(one(*c) for c in calls)))
     # Snippets are thin; read the top pages of each gap's searches for real facts. This
     # needs the search results, so it is a second concurrent wave within the same budget.
-    browses = _browse_calls(toolkit, report, observations, settings.agent.browse_per_gap)
+    browses = _browse_calls(
+        toolkit, report, observations, settings.agent.browse_per_gap, seen, registry
+    )
     room = max(budget - len(calls), 0)
     skipped += browses[room:]
     observations += await asyncio.gather(*(one(*c) for c in browses[:room]))
@@ -92,6 +97,7 @@ async def research(run: StageRun) -> Result:
             f"research budget of {settings.agent.max_tool_calls} tool calls reached; "
             f"skipped {len(skipped)}: " + ", ".join(f"{t} '{q}'" for t, q, _ in skipped)
         )
+    notices += web_unavailable_notice(observations)
     failed = [o for o in observations if not o.ok]
     summary = (
         f"{len(observations)} tool calls, {len(observations) - len(failed)} ok, "
@@ -118,12 +124,36 @@ async def _first(
     return result
 
 
-def _browse_calls(
-    toolkit: Toolkit, report: GapReport, observations: list[Observation], per_gap: int
+def _planned(
+    spec: ToolSpec[Any],
+    args: Any,
+    label: str,
+    seen: set[str],
+    toolkit: Toolkit,
+    registry: ImageRegistry,
 ) -> list[ToolCall]:
-    """The first `per_gap` result pages of each gap's text searches, each page read once."""
+    """The call run by its registry spec, or nothing when its units already ran this turn
+    (the tool's `dedupe_key`, as in the react loop): a repeat costs no budget."""
+    keys = spec.dedupe_key(args)
+    if keys and all(k in seen for k in keys):
+        return []
+    seen.update(keys)
+    return [(spec.name, label, partial(_first, spec, toolkit, args, registry))]
+
+
+def _browse_calls(
+    toolkit: Toolkit,
+    report: GapReport,
+    observations: list[Observation],
+    per_gap: int,
+    seen: set[str],
+    registry: ImageRegistry,
+) -> list[ToolCall]:
+    """The first `per_gap` result pages of each gap's text searches, each page read once, as
+    calls of the registry's `browse` tool."""
+    spec = get_tool("browse")
     by_query = {o.query: o for o in observations if o.tool == "search" and o.ok}
-    seen: set[str] = set()
+    urls: set[str] = set()
     calls: list[ToolCall] = []
     for gap in report.gaps:
         picked = 0
@@ -137,9 +167,11 @@ def _browse_calls(
         for hit in hits:
             if picked >= per_gap:
                 break
-            if hit.url in seen:
+            if hit.url in urls:
                 continue
-            seen.add(hit.url)
-            picked += 1
-            calls.append(("browse", gap.span, partial(toolkit.browse, hit.url, gap.span)))
+            urls.add(hit.url)
+            args = spec.args.model_validate({"url": hit.url, "query": gap.span})
+            planned = _planned(spec, args, gap.span, seen, toolkit, registry)
+            picked += len(planned)
+            calls += planned
     return calls

@@ -18,6 +18,7 @@ import pytest
 
 from agent.profiles import (
     GEN_SEARCHER,
+    Profile,
     RenderContext,
     ToolRequest,
     UpstreamError,
@@ -26,7 +27,7 @@ from agent.profiles import (
     upstream_profile,
 )
 from evals.profile_check import check_conversation, recorded_conversation
-from tools.observations import ImageHit, Observation, SearchHit
+from tools.observations import ImageHit, Observation, Passage, SearchHit
 
 FIXTURE = '''
 """An agent module laid out like Gen-Searcher's."""
@@ -131,17 +132,24 @@ def test_fields_the_react_loop_obeys() -> None:
     )
 
 
-def _conversation(profile: object, *, extra_note: bool = False) -> list[dict[str, object]]:
+def _conversation(profile: Profile, *, extra_note: bool = False) -> list[dict[str, object]]:
     """What a react loop obeying `profile` sends: system, prompt, a search, an image search
     with 12 results (10 listed, 5 attached), a truncation, then the budget's final message."""
-    p = profile  # type: ignore[assignment]
+    p = profile
     hits = [
         ImageHit(img_id=f"IMG_{i:03d}", sha256=f"{i:064x}", url=f"http://x/{i}.png", title=f"t{i}")
         for i in range(1, 13)
     ]
     ctx = RenderContext(budget_chars=4000, max_listed_images=p.max_listed_images)
     img_call = ToolRequest("image_search", {"query": "lantern"}, "c1")
-    obs = [Observation(tool="image_search", query="lantern", ok=True, items=hits)]
+    obs = [
+        Observation(
+            tool="image_search",
+            query="lantern",
+            ok=True,
+            items=list[SearchHit | ImageHit | Passage](hits),
+        )
+    ]
     img_text, shas = p.render_tool_result(img_call, obs, ctx)
     if extra_note:
         img_text = img_text.replace("\n</tool_response>", "\nNote: 2 more images\n</tool_response>")

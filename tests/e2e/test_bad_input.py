@@ -69,6 +69,16 @@ def test_unreachable_endpoint(env: dict[str, str]) -> None:
     _one_line_error(code, err, "cannot reach the LLM endpoint")
 
 
+def test_unreachable_policy_endpoint_fails_before_any_work(env: dict[str, str]) -> None:
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dead = f"http://127.0.0.1:{port}/v1"
+    code, err = _invoke(["run", "a cat", "--policy", "react", "--policy-base-url", dead], env)
+    _one_line_error(code, err, "cannot reach the policy endpoint")
+    assert "--policy-base-url" in err
+
+
 def test_unwritable_output_folder(env: dict[str, str], tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")

@@ -118,3 +118,29 @@ async def test_loaded_pipeline_budget_matches_files(
     for text in ("a red kangaroo", LONG):
         assert from_pipe.count(text) == from_files.count(text)
     assert from_pipe.max_tokens == from_files.max_tokens == 77
+
+
+async def test_a_tuned_folder_has_its_base_models_tokenizers_and_capabilities(
+    tiny_pipeline_dir: Path, tmp_path: Path
+) -> None:
+    """A tuned folder (LoRA + manifest, no model_index.json) is described by its base model,
+    also where there is no pipeline (a queue client's static capabilities)."""
+    from generators.capabilities import capabilities, static_capabilities
+    from generators.tuned import LORA_MANIFEST, LORA_WEIGHTS
+
+    tuned = tmp_path / "tuned"
+    tuned.mkdir()
+    (tuned / LORA_MANIFEST).write_text(json.dumps({"base_model": str(tiny_pipeline_dir)}))
+    (tuned / LORA_WEIGHTS).write_bytes(b"")
+    budget = PromptBudget.from_model(str(tuned), local_files_only=True)
+    assert budget.max_tokens == 77 and budget.tokenizers == ("tokenizer",)
+    settings = GeneratorSettings(model=str(tuned), local_files_only=True)
+    base = static_capabilities(str(tiny_pipeline_dir), settings)
+    caps = static_capabilities(str(tuned), settings)
+    assert caps.prompt_token_budget == 77 and caps.pipeline_class == base.pipeline_class != ""
+    assert caps.regional_layout == base.regional_layout and caps.inpaint == base.inpaint
+    # a generator that cannot describe itself (the queue client) is described the same way
+    queue_like = SimpleNamespace(default_model=str(tuned))
+    described = await capabilities(queue_like, settings=settings)
+    assert described.prompt_token_budget == 77
+    assert described.pipeline_class == base.pipeline_class

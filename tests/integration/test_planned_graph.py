@@ -262,3 +262,44 @@ async def test_a_weak_rewrite_that_loses_the_subject_falls_back_with_a_notice(
     gen_prompt = second["grounded"]["gen_prompt"]
     assert "lighthouse" in gen_prompt and gen_prompt.startswith("make it night")
     assert any("lost the previous prompt's content" in n for n in second["notices"])
+
+
+async def test_the_browse_wave_goes_through_the_registry_within_the_tool_budget(
+    settings: Settings,
+    scripted_llm: ScriptedLLM,
+    web: WebServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from dataclasses import replace
+
+    from tools.registry import TOOLS
+
+    for path in ("/a", "/b", "/c"):
+        web.add(path, "text/html; charset=utf-8", ARTICLE.encode())
+    hits = [{"title": p, "href": web.url + p, "body": "orange"} for p in ("/a", "/b", "/c")]
+    # both searches find the same pages: each page is read once
+    monkeypatch.setattr(
+        FakeDDGS, "script", {"text": {"zephyr specs": hits, "zephyr colours": hits}, "images": {}}
+    )
+    install_fake_ddgs()
+    spec = TOOLS["browse"]
+    ran: list[str] = []
+
+    async def counted(tk: Any, args: Any, reg: Any) -> Any:
+        ran.append(args.url)
+        return await spec.run(tk, args, reg)
+
+    monkeypatch.setitem(TOOLS, "browse", replace(spec, run=counted))
+    scripted_llm.add("GapReport", {"gaps": [GAP]})
+    scripted_llm.add("GroundedPrompt", {"gen_prompt": "an orange drone"})
+    # 3 first-wave calls (two searches, one image search), then room for 2 of the 3 pages
+    budgeted = settings.merged({"agent": {"max_tool_calls": 5, "browse_per_gap": 3}})
+    services = Services(budgeted)
+    try:
+        state = await _run(services, "a Zephyr X1 drone", thread="browse-budget")
+    finally:
+        await services.aclose()
+    tools = [o["tool"] for o in state["observations"]]
+    assert tools.count("browse") == 2 and state["tool_calls"] == 5
+    assert sorted(ran) == [web.url + "/a", web.url + "/b"]  # run by the registry's spec
+    assert any("skipped 1: browse 'Zephyr X1 drone'" in n for n in state["notices"])

@@ -16,7 +16,7 @@ from PIL import Image
 
 import tools.toolkit as toolkit_module
 from core.artifacts import ArtifactStore
-from retrieval.safe_image import (
+from core.images import (
     FILE_FORMATS,
     WEB_FORMATS,
     ImageRejected,

@@ -21,7 +21,7 @@ from tools.toolkit import Toolkit
 
 SIDE = (300, 200)  # 60k pixels per image
 PIXELS = SIDE[0] * SIDE[1]
-COST = PIXELS * 8  # an RGB PNG: 4 bytes stored + 4 for the RGB copy (retrieval.safe_image)
+COST = PIXELS * 8  # an RGB PNG: 4 bytes stored + 4 for the RGB copy (core.images)
 BUDGET_MB = 1  # 1,000,000 bytes: two such images at once, not three
 
 

@@ -36,7 +36,7 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from core.errors import GroundworkError
 
@@ -81,6 +81,9 @@ _RGB_COPY = 4  # Pillow keeps RGB as 32-bit pixels
 class ImageRejected(GroundworkError, ValueError):
     """Bytes that are not an acceptable image (not decodable, too big, a bomb): the message
     says why. Callers treat it as the failure of that one image."""
+
+    retryable: ClassVar[bool] = False
+    """The same bytes fail the same way: a queue worker dead-letters such a job at once."""
 
 
 @dataclass(frozen=True)
