@@ -15,7 +15,10 @@ server runs under a tiny guard process (`_GUARD`, plain Python, no imports of ou
 - asks the kernel for a parent-death signal (Linux `prctl(PR_SET_PDEATHSIG)` via ctypes), and
   sets one for the server in its `preexec_fn` (SIGKILL), so even a SIGKILLed guard takes the
   server with it;
-- on any of these, terminates the server (SIGKILL after a grace period) and exits.
+- on any of these, terminates the server (SIGKILL after `STOP_GRACE_S`) and exits. The grace is
+  short on purpose: the server holds no state worth a clean shutdown, and uvicorn's graceful
+  stop waits for a completion in flight (seconds of tokens), which is what kept a server alive
+  for up to 15 s after its CLI was gone (issue 21.10).
 
 Why not PR_SET_PDEATHSIG on the guard from our side, in our `preexec_fn`: the signal fires when
 the *thread* that forked exits, and we start the server from a worker thread
@@ -41,6 +44,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import IO
@@ -58,11 +62,15 @@ class EmbeddedLLMError(GroundworkError):
     pass
 
 
-# Run as `python -I -c _GUARD PARENT_PID READ_FD CMD...`. Kept dependency-free and small: it must
-# start fast and cannot fail on our imports. Exit code: the server's, or 0 when told to stop.
+STOP_GRACE_S = 1.0
+"""How long the server may take to stop after SIGTERM before it is killed."""
+
+# Run as `python -I -c _GUARD PARENT_PID READ_FD GRACE_S CMD...`. Kept dependency-free and small:
+# it must start fast and cannot fail on our imports. Exit code: the server's, or 0 when told to
+# stop.
 _GUARD = r"""
 import ctypes, os, select, signal, subprocess, sys
-parent, rfd, cmd = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
+parent, rfd, grace, cmd = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), sys.argv[4:]
 try:
     _prctl = ctypes.CDLL(None, use_errno=True).prctl
 except (OSError, AttributeError):  # not Linux: the pipe and getppid() still work
@@ -93,7 +101,7 @@ code = server.poll()
 if code is None:
     server.terminate()
     try:
-        server.wait(10)
+        server.wait(grace)
     except subprocess.TimeoutExpired:
         server.kill()
         server.wait()
@@ -148,6 +156,8 @@ class EmbeddedLLMServer:
         self._proc: subprocess.Popen[bytes] | None = None
         self._guard_w: int | None = None
         self._log: IO[bytes] | None = None
+        self._stopping = threading.Event()
+        """Set by `stop()`: a `start()` waiting (in another thread) for readiness gives up."""
 
     @property
     def base_url(self) -> str:
@@ -165,8 +175,14 @@ class EmbeddedLLMServer:
         return self._proc.pid if self._proc is not None else None
 
     def start(self) -> EmbeddedLLMServer:
+        """Start the server and wait until it answers. Blocking (run it in a thread); a
+        `stop()` from another thread, before or during the wait, ends it at once with
+        EmbeddedLLMError and no server left. A stopped server is not started again (make a
+        new one): a stop that came before the start must not be forgotten by it."""
         if self._proc is not None:
             return self
+        if self._stopping.is_set():
+            raise EmbeddedLLMError("embedded LLM server was stopped; start a new one")
         gguf = self.gguf or default_gguf()
         if not gguf.is_file():
             raise EmbeddedLLMError(
@@ -220,18 +236,22 @@ class EmbeddedLLMServer:
     def _wait_healthy(self) -> None:
         deadline = time.monotonic() + self.timeout_s
         url = f"{self.base_url}/models"
+        proc = self._proc
+        assert proc is not None
         while time.monotonic() < deadline:
-            assert self._proc is not None
-            if self._proc.poll() is not None:
+            if self._stopping.is_set():
+                self.stop()  # the stop may have come before our guard existed
+                raise EmbeddedLLMError("embedded LLM server stopped while it was starting")
+            if proc.poll() is not None:
                 tail = self._log_tail()
                 self.stop()
                 raise EmbeddedLLMError(f"embedded LLM server exited at start-up: {tail}")
             try:
-                if httpx.get(url, timeout=2.0).status_code == 200:
+                if httpx.get(url, timeout=1.0).status_code == 200:
                     return
             except httpx.TransportError:
                 pass
-            time.sleep(0.3)
+            self._stopping.wait(0.3)
         tail = self._log_tail()
         self.stop()
         where = f"log: {self.log_path}" if self.log_path else f"log tail: {tail}"
@@ -251,16 +271,19 @@ class EmbeddedLLMServer:
         return data.decode("utf-8", errors="replace").strip() or "(empty log)"
 
     def stop(self) -> None:
-        """Close our end of the guard's pipe (it then stops the server), wait, and make sure."""
+        """Close our end of the guard's pipe (it then stops the server), wait, and make sure.
+        Safe from another thread while `start()` waits for readiness: that wait ends too."""
+        self._stopping.set()
         proc, self._proc = self._proc, None
         atexit.unregister(self.stop)
-        if self._guard_w is not None:
+        guard_w, self._guard_w = self._guard_w, None
+        if guard_w is not None:
             with contextlib.suppress(OSError):
-                os.close(self._guard_w)
-            self._guard_w = None
+                os.close(guard_w)
         if proc is not None:
             try:
-                proc.wait(timeout=15)
+                # the guard's grace, its 0.5 s poll and its own start-up, with room to spare
+                proc.wait(timeout=STOP_GRACE_S + 4)
             except subprocess.TimeoutExpired:
                 # The guard leads its own process group; the server is in it.
                 with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -283,7 +306,16 @@ def spawn_guarded(cmd: list[str], log: IO[bytes]) -> tuple[subprocess.Popen[byte
     read_end, write_end = os.pipe()  # not inheritable (PEP 446): only the guard gets read_end
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-I", "-c", _GUARD, str(os.getpid()), str(read_end), *cmd],
+            [
+                sys.executable,
+                "-I",
+                "-c",
+                _GUARD,
+                str(os.getpid()),
+                str(read_end),
+                str(STOP_GRACE_S),
+                *cmd,
+            ],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,

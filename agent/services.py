@@ -39,6 +39,7 @@ class Services:
         self.settings = settings
         self.store = ArtifactStore.from_settings(settings.artifacts)
         self._embedded: EmbeddedLLMServer | None = None
+        self._embedded_starting: EmbeddedLLMServer | None = None
         self._embedded_task: asyncio.Task[EmbeddedLLMServer] | None = None
         self._generator: Generator | None = None
         self._generator_warm: asyncio.Task[Any] | None = None
@@ -82,6 +83,7 @@ class Services:
                 self._embedded = server
                 return server
 
+            self._embedded_starting = server
             self._embedded_task = asyncio.ensure_future(start())
             self._embedded_task.add_done_callback(_swallow_here)
         return self._embedded_task
@@ -204,6 +206,20 @@ class Services:
         return self._toolkit
 
     async def aclose(self) -> None:
+        """Close everything; the embedded LLM server first, since it is a process of its own
+        and the other closes may wait on a worker thread (a model still loading)."""
+        if self._embedded_task is not None and not self._embedded_task.done():
+            # The start runs in a thread that cannot be cancelled, but `stop()` ends its wait
+            # for readiness at once (issue 21.10: Ctrl-C waited for the server to come up, then
+            # for it to go down): stop it, then let the thread see it and finish.
+            if self._embedded_starting is not None:
+                await asyncio.to_thread(self._embedded_starting.stop)
+            await asyncio.wait([self._embedded_task])
+        if self._embedded is not None:
+            await asyncio.to_thread(self._embedded.stop)
+            self._embedded = None
+        self._embedded_task = None
+        self._embedded_starting = None
         if self._toolkit is not None:
             await self._toolkit.aclose()
             self._toolkit = None
@@ -212,14 +228,6 @@ class Services:
         if self._generator is not None:
             await self._generator.aclose()
             self._generator = None
-        if self._embedded_task is not None and not self._embedded_task.done():
-            # The start runs in a thread that cannot be cancelled: let it finish, then stop it,
-            # so no server is left behind.
-            await asyncio.wait([self._embedded_task])
-        if self._embedded is not None:
-            self._embedded.stop()
-            self._embedded = None
-        self._embedded_task = None
 
 
 def _swallow_here(task: asyncio.Future[Any]) -> None:

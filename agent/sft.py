@@ -754,7 +754,8 @@ def check_openai(example: dict[str, Any], base: Path) -> list[str]:
 
 def check_sharegpt(example: dict[str, Any], base: Path) -> list[str]:
     """The sharegpt counterpart: roles alternate user/assistant after the system turn, every
-    `<tool_call>` parses, `<image>` placeholders match `images`, the last turn answers."""
+    `<tool_call>` of an assistant turn parses, `<image>` placeholders match `images`, the last
+    turn answers."""
     problems: list[str] = []
     messages = [m for m in example.get("messages") or [] if m.get("role") != "system"]
     for i, m in enumerate(messages):
@@ -762,7 +763,13 @@ def check_sharegpt(example: dict[str, Any], base: Path) -> list[str]:
         if m.get("role") != want:
             problems.append(f"turn {i}: {m.get('role')} where {want} was expected")
         content = str(m.get("content", ""))
-        if "<tool_call>" in content and parse_text_protocol(content, turn=i).error:
+        # only the model's own turns are parsed: a user turn (the forced final message, a
+        # tool result) may name the tag in its instructions
+        if (
+            want == "assistant"
+            and "<tool_call>" in content
+            and parse_text_protocol(content, turn=i).error
+        ):
             problems.append(f"turn {i}: a <tool_call> does not parse")
     placeholders = sum(m.get("content", "").count("<image>") for m in example["messages"])
     images = example.get("images") or []

@@ -19,7 +19,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from agent.settings import POLICIES, Policy, RunContext, Settings
-from cli.common import EXIT_FAILED, guarded, load_settings
+from cli.common import EXIT_FAILED, INTERRUPT_GRACE_S, guarded, load_settings
 from cli.options import OfflineOpt, OutOpt, PolicyOpt, ThreadOpt, VerboseOpt, with_overrides
 from core.errors import GroundworkError, InputError
 from core.files import writable_dir_problem
@@ -239,12 +239,15 @@ def run(
             request = validate_prompt(prompt, settings.agent.prompt_max_chars)
         check_outputs(settings)
         preflight(settings, policy=_policy(policy))
-        thread_id = thread or uuid.uuid4().hex
         console.print(f"[bold]thread[/] {escape(thread_id)}", highlight=False)
         return asyncio.run(_run_one(settings, request, thread_id, _policy(policy)))
 
+    thread_id = thread or uuid.uuid4().hex
     code = guarded(
-        go, verbose=verbose, resume_hint=f"groundwork run --thread {thread}" if thread else None
+        go,
+        verbose=verbose,
+        resume_hint=f"groundwork run --thread {thread_id}",
+        interrupt_grace_s=INTERRUPT_GRACE_S,
     )
     raise typer.Exit(code)
 
@@ -276,10 +279,15 @@ def chat(
         )
         check_outputs(settings)
         preflight(settings, policy=_policy(policy))
-        thread_id = thread or uuid.uuid4().hex
         asyncio.run(_chat_loop(settings, thread_id, _policy(policy), resume=thread is not None))
 
-    guarded(go, verbose=verbose)
+    thread_id = thread or uuid.uuid4().hex
+    guarded(
+        go,
+        verbose=verbose,
+        resume_hint=f"groundwork chat --thread {thread_id}",
+        interrupt_grace_s=INTERRUPT_GRACE_S,
+    )
 
 
 async def _chat_loop(settings: Settings, thread_id: str, policy: Policy, *, resume: bool) -> None:

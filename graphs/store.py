@@ -69,6 +69,33 @@ async def check_connection(url: str, timeout_s: float) -> None:
     await conn.close()
 
 
+SETUP_LOCK_WAIT_S = 120.0
+"""How long a replica waits for another's schema set-up before saying so."""
+
+
+async def _take_setup_lock(conn: Any, timeout_s: float) -> None:
+    """Polls `pg_try_advisory_lock` instead of blocking in `pg_advisory_lock`: a waiting
+    statement holds a snapshot, and the migrations' `CREATE INDEX CONCURRENTLY` in the replica
+    that holds the lock waits for every such snapshot to end, so a blocking waiter deadlocks
+    the two replicas (seen when two started at once). Between polls no statement is open."""
+    import asyncio
+    import time
+
+    deadline = time.monotonic() + max(SETUP_LOCK_WAIT_S, timeout_s)
+    while True:
+        cur = await conn.execute("SELECT pg_try_advisory_lock(%s)", (SETUP_LOCK_KEY,))
+        row = await cur.fetchone()
+        if row is not None and bool(row[0]):
+            return
+        if time.monotonic() > deadline:
+            raise StoreError(
+                "another process has held the checkpoint schema set-up lock for over "
+                f"{SETUP_LOCK_WAIT_S:.0f} s; check for a stuck replica "
+                "(pg_stat_activity) or restart it"
+            )
+        await asyncio.sleep(0.2)
+
+
 async def _setup_schema(url: str, saver: AsyncPostgresSaver, timeout_s: float) -> None:
     import psycopg
 
@@ -76,7 +103,7 @@ async def _setup_schema(url: str, saver: AsyncPostgresSaver, timeout_s: float) -
         url, autocommit=True, connect_timeout=max(1, int(timeout_s))
     )
     try:
-        await conn.execute("SELECT pg_advisory_lock(%s)", (SETUP_LOCK_KEY,))
+        await _take_setup_lock(conn, timeout_s)
         try:
             await saver.setup()
         finally:

@@ -171,8 +171,11 @@ def get_tool(name: object) -> ToolSpec[Any]:
 
 
 def tool_specs(names: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    """The named tools (in that order; all by default) in OpenAI's `tools` format."""
-    return [get_tool(n).schema() for n in (ALL_TOOLS if names is None else names)]
+    """The named tools (in that order; all by default) in OpenAI's `tools` format.
+
+    The default reads `TOOLS` now, not `ALL_TOOLS` (taken at import), so a tool added with
+    `register` is offered too."""
+    return [get_tool(n).schema() for n in (tuple(TOOLS) if names is None else names)]
 
 
 def parse_arguments(name: str, arguments: str | dict[str, Any] | None) -> BaseModel:

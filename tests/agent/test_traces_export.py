@@ -356,3 +356,34 @@ def test_a_trace_over_the_cap_is_skipped_without_reading_it(
     report = export_runs(root, tmp_path / "out.jsonl")
     assert report.written == 0
     assert all("cap" in why for _, why in report.skipped), report.skipped
+
+
+def test_sharegpt_check_parses_only_the_models_own_tool_calls(tmp_path: Path) -> None:
+    """The forced final message (a user turn) tells the model not to write `<tool_call>`: the
+    check must not read our own instructions as a malformed call and reject the example,
+    while a broken call in an assistant turn is still caught."""
+    from agent.profiles import GEN_SEARCHER
+
+    final = GEN_SEARCHER.forced_final
+    assert "<tool_call>" in final
+    example = {
+        "messages": [
+            {"role": "system", "content": "rules"},
+            {"role": "user", "content": f"a lantern festival\n\n{final}"},
+            {
+                "role": "assistant",
+                "content": '<think>a</think>\n<answer>{"gen_prompt": "lanterns", '
+                '"reference_images": []}</answer>',
+            },
+        ]
+    }
+    assert check_sharegpt(example, tmp_path) == []
+    broken = {
+        "messages": [
+            *example["messages"][:2],
+            {"role": "assistant", "content": "<tool_call>{not json</tool_call>"},
+            {"role": "user", "content": "<tool_response>x</tool_response>"},
+            example["messages"][2],
+        ]
+    }
+    assert any("does not parse" in p for p in check_sharegpt(broken, tmp_path))

@@ -97,6 +97,54 @@ def test_schema_setup_is_idempotent_and_concurrent(pg_url: str, tmp_path: Path) 
     asyncio.run(open_many())
 
 
+_OPEN_ONCE = """
+import asyncio, sys
+from agent.settings import Settings
+from graphs.build import open_checkpointer
+
+settings = Settings().merged(
+    {"checkpoint_db": sys.argv[2], "store": {"url": sys.argv[1], "connect_timeout_s": 5}}
+)
+
+async def main() -> None:
+    async with open_checkpointer(settings):
+        pass
+
+asyncio.run(main())
+print("ready")
+"""
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_replicas_starting_together_on_an_empty_database_all_come_up(tmp_path: Path) -> None:
+    """Three processes set the schema up at once on a fresh database. A blocking advisory-lock
+    waiter holds a snapshot that the migrations' CREATE INDEX CONCURRENTLY waits on (a
+    deadlock seen with two replicas); set-up must poll for the lock instead."""
+    reason = postgres.unavailable()
+    if reason is not None:
+        pytest.skip(reason)
+    with postgres.throwaway_database() as url:
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", _OPEN_ONCE, url, str(tmp_path / f"ck{i}.sqlite")],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for i in range(3)
+        ]
+        try:
+            outs = [p.communicate(timeout=150) for p in procs]
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+        for p, (out, err) in zip(procs, outs, strict=True):
+            assert p.returncode == 0 and "ready" in out, err[-2000:]
+        assert postgres.advisory_locks_held(url) == 0
+
+
 def test_unreachable_postgres_is_one_line(tmp_path: Path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
