@@ -32,14 +32,16 @@ Facts:
 {facts}"""
 
 
+_CHECKLIST_ONLY: type[BaseModel] = create_model("PromptPlan", __base__=Checklist)
+"""PromptPlan without the layout, made once (a class per call was kept per call)."""
+
+
 async def write_checklist(
     run: StageRun, prompt: str, grounded: GroundedPrompt, *, offer_layout: bool
 ) -> tuple[GroundedPrompt, list[str]]:
     """Requirements (and a layout when offered) for a prompt no synthesis call wrote them for.
     A failed call keeps the rule-made checklist and says so."""
-    schema: type[BaseModel] = (
-        PromptPlan if offer_layout else create_model("PromptPlan", __base__=Checklist)
-    )
+    schema: type[BaseModel] = PromptPlan if offer_layout else _CHECKLIST_ONLY
     facts = "\n".join(f"- {f.claim}" for f in grounded.facts) or "(none)"
     try:
         answer = await run.structured(

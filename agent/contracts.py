@@ -11,6 +11,7 @@ these models applies the same way.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Literal
 
@@ -113,9 +114,12 @@ class GroundedPrompt(_Grounded):
     )
 
 
+@functools.cache
 def grounded_schema(with_layout: bool) -> type[BaseModel]:
     """The answer schema the LLM sees: the layout is offered only where it can be used (small
-    models fill optional fields they are shown). Both are named GroundedPrompt."""
+    models fill optional fields they are shown). Both are named GroundedPrompt. Cached: a
+    class made per call is a class kept per call (pydantic and the LLM layer hold on to
+    schemas), which grew a long chat by one class a turn (issue 21.10)."""
     if with_layout:
         return GroundedPrompt
     return create_model("GroundedPrompt", __base__=_Grounded, __doc__=_Grounded.__doc__)
@@ -178,9 +182,11 @@ class Verdict(BaseModel):
         return all(c.passed for c in self.checks)
 
 
+@functools.cache
 def verdict_schema(n: int) -> type[Verdict]:
     """`Verdict` that must have exactly `n` checks: a verdict with a check missing or extra
-    cannot be lined up with the requirements, so it is invalid (and repaired), not guessed."""
+    cannot be lined up with the requirements, so it is invalid (and repaired), not guessed.
+    Cached per `n` (a handful of values), as `grounded_schema` is."""
     model: type[Verdict] = create_model(
         "Verdict",
         __base__=Verdict,

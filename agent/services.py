@@ -11,6 +11,7 @@ component, with the same message it would have had without warm-up.
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
@@ -98,7 +99,13 @@ class Services:
                 raise GroundworkError(reason)
         if endpoint.base_url:
             return endpoint.base_url, endpoint.model, endpoint.api_key, False
-        server = await asyncio.shield(self._embedded_start(settings))
+        try:
+            server = await asyncio.shield(self._embedded_start(settings))
+        except Exception as exc:  # noqa: BLE001 - re-raised as a copy, nothing swallowed
+            # The task keeps its one exception object; raising that object again from every
+            # LLM call would add this call's frames to its traceback each time, so a long chat
+            # kept every frame (and the run state they hold) alive (issue 21.10's RSS growth).
+            raise fresh_copy(exc) from exc.__cause__
         return server.base_url, server.model_name, endpoint.api_key, True
 
     def critique_configured(self, settings: Settings) -> str | None:
@@ -228,6 +235,18 @@ class Services:
         if self._generator is not None:
             await self._generator.aclose()
             self._generator = None
+
+
+def fresh_copy(exc: BaseException) -> BaseException:
+    """The same error (type, message, attributes) without the traceback of earlier raises: a
+    cached exception must be raised as a copy, or each raise grows the cached one's
+    traceback and keeps the raising frames alive."""
+    try:
+        clone = copy.copy(exc)
+    except (TypeError, ValueError):  # a constructor copy cannot call: the message survives
+        return GroundworkError(str(exc))
+    clone.__traceback__ = None
+    return clone
 
 
 def _swallow_here(task: asyncio.Future[Any]) -> None:

@@ -10,6 +10,7 @@ when the model ships a `tokenizer.json` (the `tokenizers` library, no torch).
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import threading
@@ -122,7 +123,10 @@ class PromptBudget:
             if isinstance(hit, PromptBudget):
                 return hit
             if hit is not None and time.monotonic() - hit[1] < FAILURE_TTL_S:
-                raise hit[0]
+                # A copy: raising the cached object again adds every caller's frames to its
+                # traceback and keeps them (and the run state in their locals) alive; a chat
+                # grew by one run's graph state a turn (issue 21.10).
+                raise copy.copy(hit[0]).with_traceback(None) from hit[0].__cause__
             try:
                 budget = _from_model(model, offline)
             except ModelNotFoundError as e:

@@ -8,6 +8,7 @@ guard (no llama.cpp needed): it never answers, as a server still loading its mod
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import sys
 import threading
@@ -70,8 +71,8 @@ def _wait_for_child(spawned: dict[str, Any], timeout: float = 15.0) -> tuple[int
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         guard = spawned.get("guard")
-        kids = _children(guard) if guard else []
-        if kids:
+        kids = _children(guard) if isinstance(guard, int) else []
+        if isinstance(guard, int) and kids:
             return guard, kids[0]
         time.sleep(0.02)
     raise AssertionError("the guard started no server")
@@ -122,7 +123,15 @@ async def test_services_aclose_does_not_wait_for_the_server_to_come_up(
     )
     services = Services(settings)
     task = services._embedded_start(settings)
-    guard, child = _wait_for_child(never_ready)
+    try:
+        deadline = time.monotonic() + 15
+        while "guard" not in never_ready or not _children(never_ready["guard"]):
+            assert not task.done() and time.monotonic() < deadline, task
+            await asyncio.sleep(0.02)  # the start runs in a thread: let the loop go on
+        guard, child = _wait_for_child(never_ready)
+    except BaseException:
+        await services.aclose()
+        raise
     closing = time.monotonic()
     await services.aclose()
     took = time.monotonic() - closing
@@ -130,3 +139,41 @@ async def test_services_aclose_does_not_wait_for_the_server_to_come_up(
     print(f"\nServices.aclose during start-up: {took:.2f} s, processes gone in {gone:.2f} s")
     assert task.done() and isinstance(task.exception(), EmbeddedLLMError)
     assert took < 10  # was: the start-up timeout (120 s here), then the stop
+
+
+def _depth(exc: BaseException) -> int:
+    tb, n = exc.__traceback__, 0
+    while tb is not None:
+        tb, n = tb.tb_next, n + 1
+    return n
+
+
+async def test_a_failed_start_is_raised_as_a_copy_each_time(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Re-raising the task's one exception grew its traceback by every caller's frames: each
+    LLM call of a long chat kept its frames (and the run state in them) alive (issue 21.10)."""
+
+    def fail(self: EmbeddedLLMServer) -> EmbeddedLLMServer:
+        raise EmbeddedLLMError("no model here")
+
+    monkeypatch.setattr(EmbeddedLLMServer, "start", fail)
+    settings = Settings.model_validate(
+        {"llm": {"base_url": None}, "artifacts": {"root": str(tmp_path / "artifacts")}}
+    )
+    services = Services(settings)
+    raised: list[BaseException] = []
+    try:
+        for _ in range(5):
+            with pytest.raises(EmbeddedLLMError, match="no model here") as info:
+                await services._endpoint("analyze", settings)
+            raised.append(info.value)
+        task = services._embedded_task
+        assert task is not None and task.done()
+        stored = task.exception()
+        assert stored is not None
+        assert len({id(e) for e in raised}) == 5 and all(e is not stored for e in raised)
+        assert len({_depth(e) for e in raised}) == 1  # no raise carries the earlier ones
+        assert _depth(stored) < 10
+    finally:
+        await services.aclose()

@@ -9,7 +9,6 @@ exit; the bound below is generous on purpose (a loaded CI machine), the real fig
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys

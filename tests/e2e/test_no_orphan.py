@@ -2,9 +2,10 @@
 
 The real `groundwork run` in a subprocess, with no LLM endpoint configured (so the embedded
 SmolLM2 server starts), is killed once its llama.cpp server answers: SIGKILL (no atexit, no
-finally), SIGTERM (Python's default: die at once) and SIGINT (Ctrl-C: the CLI's own clean-up).
-No llama.cpp server, nor its guard, may be left running a few seconds later, nor its log in
-the temp folder.
+finally), SIGTERM (Python's default: die at once) and SIGINT (Ctrl-C: the CLI's own clean-up),
+and SIGTERM/SIGINT again while the CLI still waits for the server to become ready (issue 21.10:
+the server was left for up to 15 s). No llama.cpp server, nor its guard, may be left running a
+few seconds later, nor its log in the temp folder. How long they took is printed (`-s`).
 """
 
 from __future__ import annotations
@@ -90,10 +91,18 @@ def _listening(port: int) -> bool:
 
 
 @pytest.mark.parametrize(
-    "sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name
+    ("when", "sig"),
+    [
+        ("ready", signal.SIGKILL),
+        ("ready", signal.SIGTERM),
+        ("ready", signal.SIGINT),
+        ("starting", signal.SIGTERM),
+        ("starting", signal.SIGINT),
+    ],
+    ids=lambda v: v.name if isinstance(v, signal.Signals) else v,
 )
 def test_llama_server_dies_with_the_cli(
-    tmp_path: Path, gw_env: dict[str, str], sig: signal.Signals
+    tmp_path: Path, gw_env: dict[str, str], when: str, sig: signal.Signals
 ) -> None:
     tmp = tmp_path / "tmp"  # the CLI's temp folder: the server log must not be left there
     tmp.mkdir()
@@ -121,21 +130,31 @@ def test_llama_server_dies_with_the_cli(
             kids = {p: c for p, c in descendants(cli.pid).items() if SERVER_MARK in c}
             server = next(((p, c) for p, c in kids.items() if c[1:3] == ["-m", SERVER_MARK]), None)
             port = _port(server[1]) if server else None
-            if port is not None and _listening(port):
+            if port is not None and (when == "starting" or _listening(port)):
                 break
             time.sleep(0.2)
         else:
             tail = log.read_text(errors="replace")[-2000:]
             pytest.fail(f"the llama.cpp server never came up under the CLI: {tail}")
         assert server is not None
+        was_listening = port is not None and _listening(port)
+        sent = time.monotonic()
         os.kill(cli.pid, sig)
         cli.wait(timeout=60)
+        exited = time.monotonic() - sent
         # everything the CLI started under it (the guard and the server) must be gone
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline and any(alive(p, c) for p, c in kids.items()):
-            time.sleep(0.2)
+            time.sleep(0.05)
+        gone = time.monotonic() - sent
+        print(
+            f"\n{sig.name} ({when}, server listening: {was_listening}): CLI exit "
+            f"{cli.returncode} after {exited:.2f} s, server and guard gone after {gone:.2f} s"
+        )
         left = {p: " ".join(c)[-120:] for p, c in kids.items() if alive(p, c)}
         assert not left, f"left running after {sig.name}: {left}"
+        if sig == signal.SIGINT:
+            assert cli.returncode == 130
         assert not [p.name for p in tmp.iterdir() if "llama" in p.name]
     finally:
         if cli.poll() is None:

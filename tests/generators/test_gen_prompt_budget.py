@@ -144,3 +144,29 @@ async def test_a_tuned_folder_has_its_base_models_tokenizers_and_capabilities(
     described = await capabilities(queue_like, settings=settings)
     assert described.prompt_token_budget == 77
     assert described.pipeline_class == base.pipeline_class
+
+
+def test_a_remembered_failure_is_raised_as_a_fresh_copy_every_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lookup failure is kept per model and process; raising the kept object again would
+    add each caller's frames to its traceback and keep every earlier run's state alive (a chat
+    grew a run's graph state a turn). Each raise is a copy with the same message and no old
+    frames."""
+    import huggingface_hub.constants as c
+
+    monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    model = f"someorg/gone-{tmp_path.name}"
+    seen: list[ModelNotFoundError] = []
+    depths: list[int] = []
+    for _ in range(4):
+        with pytest.raises(ModelNotFoundError) as ei:
+            PromptBudget.from_model(model, local_files_only=True)
+        seen.append(ei.value)
+        tb, depth = ei.value.__traceback__, 0
+        while tb is not None:
+            depth, tb = depth + 1, tb.tb_next
+        depths.append(depth)
+    assert len({id(e) for e in seen}) == 4  # never the same object twice
+    assert len({str(e) for e in seen}) == 1
+    assert depths[1] == depths[2] == depths[3]  # no traceback grows from raise to raise
