@@ -41,8 +41,8 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from core.errors import GroundworkError
-from retrieval.kb import Collection, KnowledgeBase, stable_id
 from core.images import FILE_FORMATS, ImageRejected, decode_image, probe_image
+from retrieval.kb import Collection, KnowledgeBase, stable_id
 from retrieval.text import clean_text
 
 if TYPE_CHECKING:

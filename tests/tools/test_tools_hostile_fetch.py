@@ -179,6 +179,7 @@ async def test_one_bad_candidate_never_discards_the_good_ones(
         tool_settings(tmp_path, [server.host_port], cache_enabled=False),
         ArtifactStore(tmp_path / "a"),
     )
+    assert isinstance(kit.fetcher, SafeFetcher)
     real_send = kit.fetcher._client.send
 
     async def send(request: httpx.Request, **kwargs: Any) -> httpx.Response:

@@ -21,7 +21,7 @@ def _obs(text: str, tool: str = "search", query: str = "q") -> Observation:
         items: list[SearchHit | ImageHit | Passage] = [Passage(text=text, source="http://p/")]
     else:
         items = [SearchHit(title="t", url="https://x/", snippet=text)]
-    return Observation(tool=tool, query=query, ok=True, items=items)  # type: ignore[arg-type]
+    return Observation(tool=tool, query=query, ok=True, items=items)
 
 
 def _blocks(text: str) -> list[str]:
