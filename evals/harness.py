@@ -49,12 +49,10 @@ from evals.config import (
 from evals.dispatch import build_arm
 from evals.judge import Judge, OpenAIJudge
 from evals.metrics import (
-    METRICS,
     Metric,
     MetricContext,
-    MetricUnavailable,
     PairwiseMetric,
-    enabled_metrics,
+    start_metrics,
 )
 from evals.services import SharedServices
 from evals.snapshot import SnapshotCache, compare_replay, fingerprint, key_settings
@@ -331,18 +329,9 @@ def check_arms(config: EvalConfig, settings: Settings, given: set[str]) -> None:
 async def _metrics(
     config: EvalConfig, ctx: MetricContext, store: ResultStore, suites: list[Suite]
 ) -> list[Metric]:
-    active: list[Metric] = []
-    for name in enabled_metrics(config, suites):
-        metric = METRICS[name]()
-        reason = metric.unavailable(ctx)
-        if reason is None:
-            try:
-                await metric.setup(ctx)
-            except MetricUnavailable as exc:
-                reason = str(exc)
+    active, reasons = await start_metrics(config, suites, ctx)
+    for name, reason in reasons.items():
         store.set_skip(name, reason)
-        if reason is None:
-            active.append(metric)
     store.set_meta("metric_sources", ctx.sources)
     if config.metrics.check:
         await _check_known_answers(active, ctx, store)

@@ -434,6 +434,27 @@ def enabled_metrics(config: EvalConfig, suites: list[Any]) -> list[str]:
     return names
 
 
+async def start_metrics(
+    config: EvalConfig, suites: list[Any], ctx: MetricContext
+) -> tuple[list[Metric], dict[str, str | None]]:
+    """Every enabled metric that can run with this context, set up; and for each enabled name
+    the reason it cannot (None when it runs). The harness and `check-metrics` share it."""
+    active: list[Metric] = []
+    reasons: dict[str, str | None] = {}
+    for name in enabled_metrics(config, suites):
+        metric = METRICS[name]()
+        reason = metric.unavailable(ctx)
+        if reason is None:
+            try:
+                await metric.setup(ctx)
+            except MetricUnavailable as exc:
+                reason = str(exc)
+        reasons[name] = reason
+        if reason is None:
+            active.append(metric)
+    return active, reasons
+
+
 def metric_class(key: str) -> type[Metric] | None:
     """The metric that writes the score `key` (a metric name or one of its keys)."""
     if key in METRICS:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from core.errors import GroundworkError
 from evals.config import EvalConfig
-from evals.metrics import KnownAnswer, Metric, MetricContext, MetricUnavailable, PairwiseMetric
+from evals.metrics import KnownAnswer, Metric, MetricContext, PairwiseMetric
 from evals.store import ItemRecord
 from evals.suites import Suite
 
@@ -101,24 +101,12 @@ async def check_config(
     from core.artifacts import ArtifactStore
     from evals.config import eval_settings
     from evals.judge import OpenAIJudge
-    from evals.metrics import METRICS, enabled_metrics
+    from evals.metrics import start_metrics
 
     settings = eval_settings(config)
     judge = OpenAIJudge(config.judge) if config.judge.configured() is None else None
     store = ArtifactStore.from_settings(settings.artifacts)
     ctx = MetricContext(config, settings, store, judge)
-    active: list[Metric] = []
-    skipped: dict[str, str] = {}
-    for name in enabled_metrics(config, suites):
-        metric = METRICS[name]()
-        reason = metric.unavailable(ctx)
-        if reason is None:
-            try:
-                await metric.setup(ctx)
-            except MetricUnavailable as exc:
-                reason = str(exc)
-        if reason is None:
-            active.append(metric)
-        else:
-            skipped[name] = reason
+    active, reasons = await start_metrics(config, suites, ctx)
+    skipped = {name: reason for name, reason in reasons.items() if reason is not None}
     return await run_known_answers(active, ctx), skipped
