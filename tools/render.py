@@ -151,14 +151,27 @@ def untrusted(text: object, limit: int | None = None, *, fences: Iterable[str] =
     to `limit` characters if given. Idempotent. Use it for EVERY string that came from the web
     or a document, tool error texts included (they quote headers and URLs).
     """
-    flat = unicodedata.normalize("NFKC", str(text))
-    flat = " ".join(_drop_invisible(flat).split())
+    flat = _drop_invisible(unicodedata.normalize("NFKC", str(text)))
+    # again: a dropped invisible character can leave a base letter and a combining mark side
+    # by side, which NFKC composes (the next pass would, so this one must)
+    flat = " ".join(unicodedata.normalize("NFKC", flat).split())
+    flat = _ellipses(flat)
     flat = flat.replace("<", "‹").replace(">", "›")
     flat = _BRACKET_TOKEN_RE.sub(lambda m: f"⟦{' '.join(m.group(1).split())}⟧", flat)
     flat = _neutralise_fences(flat, fences)
     if limit is not None and len(flat) > limit:
-        flat = flat[: max(0, limit - 1)].rstrip() + "…"
+        flat = _ellipses(flat[: max(0, limit - 1)].rstrip() + "…")
     return flat
+
+
+_DOT_RUN_RE = re.compile(r"\.{3,}")
+
+
+def _ellipses(text: str) -> str:
+    """Runs of three or more dots as one `…`. NFKC turns `…` into `...`, so the cut marker
+    (and any ellipsis next to dots) must be written in a form the next pass folds back to the
+    same string, or `untrusted(untrusted(x))` would differ from `untrusted(x)`."""
+    return _DOT_RUN_RE.sub("…", text.replace("…", "..."))
 
 
 # The first name of `untrusted`, kept for callers of it.

@@ -13,6 +13,12 @@ from typing import Any
 
 import pytest
 import schemathesis
+
+# Imported at collection, not lazily inside the test: pytest rewrites schemathesis (a plugin)
+# with ast.parse, and on CPython 3.11.7 ast.parse shares one recursion counter between threads
+# ("AST constructor recursion depth mismatch" when the live server's thread formats a
+# traceback, which also parses, at the same moment).
+import schemathesis.specs.openapi.schemas  # noqa: F401
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
 
