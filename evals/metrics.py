@@ -522,6 +522,46 @@ def checkout_instruction(
 # -- known-answer cases ----------------------------------------------------------------------
 
 
+class InstructedMetric(Metric):
+    """A judge metric that asks with the benchmark's own instruction, read (parsed, never run)
+    from the user's checkout when `[metrics] <checkout_setting>` names one, else ours; the
+    report says which (`ctx.sources`)."""
+
+    own_instruction: ClassVar[str]
+    checkout_setting: ClassVar[str]
+    """The `[metrics]` field that names the checkout."""
+    instruction_words: ClassVar[tuple[str, ...]]
+    """Words the benchmark's instruction string must mention (see `checkout_instruction`)."""
+    checkout_label: ClassVar[str]
+    missing: ClassVar[str]
+    """What is said, before the checkout's path, when it holds no such instruction."""
+
+    def __init__(self) -> None:
+        self.instruction = self.own_instruction
+
+    def unavailable(self, ctx: MetricContext) -> str | None:
+        reason = super().unavailable(ctx)
+        if reason is None and not hasattr(ctx.judge, "ask"):
+            return "the judge cannot take a benchmark's own instruction (no `ask`)"
+        return reason
+
+    async def setup(self, ctx: MetricContext) -> None:
+        checkout = getattr(ctx.config.metrics, self.checkout_setting)
+        found = await asyncio.to_thread(checkout_instruction, checkout, self.instruction_words)
+        if found is not None:
+            self.instruction, where = found
+            ctx.sources[self.name] = f"judge instruction from {self.checkout_label} ({where})"
+        elif checkout:
+            raise MetricUnavailable(
+                f"{self.missing} {checkout}; unset [metrics] {self.checkout_setting} to use "
+                "Groundwork's own"
+            )
+        else:
+            ctx.sources[self.name] = (
+                f"judge instruction: Groundwork's own (no {self.checkout_setting})"
+            )
+
+
 def drawn(shapes: int, colour: str, *, square: bool = False, label: str = "") -> bytes:
     """A small PNG with `shapes` filled circles (or squares) of one colour on white, spread out
     so a VLM can count them, and an optional text label."""

@@ -16,13 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from evals.metrics import (
+    InstructedMetric,
     KnownAnswer,
-    Metric,
     MetricContext,
-    MetricUnavailable,
     Output,
     Scored,
-    checkout_instruction,
     drawn,
     register_metric,
 )
@@ -90,7 +88,7 @@ def _read_gt(prompt: SuitePrompt) -> bytes | None:
 
 
 @register_metric
-class KnowGenMetric(Metric):
+class KnowGenMetric(InstructedMetric):
     name = "knowgen"
     needs = frozenset({"judge", "image"})
     keys = {
@@ -102,31 +100,11 @@ class KnowGenMetric(Metric):
     }
     quality = True
     label = "KnowGen"
-
-    def __init__(self) -> None:
-        self.instruction = OUR_INSTRUCTION
-
-    def unavailable(self, ctx: MetricContext) -> str | None:
-        reason = super().unavailable(ctx)
-        if reason is None and not hasattr(ctx.judge, "ask"):
-            return "the judge cannot take a benchmark's own instruction (no `ask`)"
-        return reason
-
-    async def setup(self, ctx: MetricContext) -> None:
-        checkout = ctx.config.metrics.knowgen_checkout
-        found = await asyncio.to_thread(
-            checkout_instruction, checkout, ("visual_correctness", "text_accuracy", "aesthetics")
-        )
-        if found is not None:
-            self.instruction, where = found
-            ctx.sources[self.name] = f"judge instruction from the Gen-Searcher checkout ({where})"
-        elif checkout:
-            raise MetricUnavailable(
-                f"no KnowGen judge instruction in {checkout}; unset [metrics] knowgen_checkout "
-                "to use Groundwork's own"
-            )
-        else:
-            ctx.sources[self.name] = "judge instruction: Groundwork's own (no knowgen_checkout)"
+    own_instruction = OUR_INSTRUCTION
+    checkout_setting = "knowgen_checkout"
+    instruction_words = ("visual_correctness", "text_accuracy", "aesthetics")
+    checkout_label = "the Gen-Searcher checkout"
+    missing = "no KnowGen judge instruction in"
 
     def _none(self, why: str) -> list[Scored]:
         return [(k, None, {"skipped": why}) for k in self.keys]

@@ -14,13 +14,11 @@ import re
 from typing import Any
 
 from evals.metrics import (
+    InstructedMetric,
     KnownAnswer,
-    Metric,
     MetricContext,
-    MetricUnavailable,
     Output,
     Scored,
-    checkout_instruction,
     drawn,
     register_metric,
 )
@@ -71,35 +69,19 @@ def explanation(prompt: SuitePrompt) -> str:
 
 
 @register_metric
-class WiseMetric(Metric):
+class WiseMetric(InstructedMetric):
     name = "wise"
     needs = frozenset({"judge", "image"})
     keys = {"wise": True}
     quality = True
     label = "WISE_Verified"
-
-    def __init__(self) -> None:
-        self.instruction = OUR_INSTRUCTION
-
-    def unavailable(self, ctx: MetricContext) -> str | None:
-        reason = super().unavailable(ctx)
-        if reason is None and not hasattr(ctx.judge, "ask"):
-            return "the judge cannot take a benchmark's own instruction (no `ask`)"
-        return reason
-
-    async def setup(self, ctx: MetricContext) -> None:
-        checkout = ctx.config.metrics.wise_checkout
-        found = await asyncio.to_thread(checkout_instruction, checkout, ("explanation", "score"))
-        if found is not None:
-            self.instruction, where = found
-            ctx.sources[self.name] = f"judge instruction from the WISE checkout ({where})"
-        elif checkout:
-            raise MetricUnavailable(
-                f"no judge instruction (a string mentioning Explanation and score) in the WISE "
-                f"checkout {checkout}; unset [metrics] wise_checkout to use Groundwork's own"
-            )
-        else:
-            ctx.sources[self.name] = "judge instruction: Groundwork's own (no wise_checkout)"
+    own_instruction = OUR_INSTRUCTION
+    checkout_setting = "wise_checkout"
+    instruction_words = ("explanation", "score")
+    checkout_label = "the WISE checkout"
+    missing = (
+        "no judge instruction (a string mentioning Explanation and score) in the WISE checkout"
+    )
 
     async def score(
         self, item: ItemRecord, prompt: SuitePrompt, ctx: MetricContext
